@@ -71,9 +71,4 @@ def rotate_oja(direction: list[Tensor], hvp: list[Tensor], curv: Tensor,
     return normalize(force)
 
 
-def cosine(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
-    """cos of the angle between two vectors given as tensor lists."""
-    return dot(xs, ys) / (norm(xs) * norm(ys))
-
-
 ROTATION_RULES = {"oja": rotate_oja}

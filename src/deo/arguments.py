@@ -1,0 +1,85 @@
+"""DEO's argument checks and the construction of the base optimizer.
+
+Every bad value is rejected before anything is built, with a message that names the argument
+and what it accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import dimer
+
+SCOPES = ("global", "tensor")
+
+
+def build_base(params, base, base_kwargs: dict[str, Any]) -> Optimizer:
+    if isinstance(base, Optimizer):
+        if base_kwargs:
+            raise TypeError(f"base is a ready optimizer instance, so keyword arguments "
+                            f"{sorted(base_kwargs)} have nowhere to go; pass a class instead")
+        if params is not None:
+            given = [p for g in _as_groups(params) for p in g["params"]]
+            owned = [p for g in base.param_groups for p in g["params"]]
+            if {id(p) for p in given} != {id(p) for p in owned}:
+                raise ValueError("params: must be None or exactly the parameters of the base "
+                                 "optimizer instance")
+        return base
+    if isinstance(base, type) and issubclass(base, Optimizer):
+        if params is None:
+            raise ValueError("params: required when base is an optimizer class")
+        return base(params, **base_kwargs)
+    raise TypeError(f"base: expected a torch.optim.Optimizer subclass or instance, "
+                    f"got {base!r}")
+
+
+def _as_groups(params) -> list[dict[str, Any]]:
+    if isinstance(params, Tensor):
+        return [{"params": [params]}]
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        return [{**g, "params": list(g["params"])} for g in params]
+    return [{"params": params}]
+
+
+def default_displacement(param_groups: list[dict[str, Any]]) -> float:
+    lr = param_groups[0].get("lr")
+    if lr is None or not float(lr) > 0:
+        raise ValueError(f"displacement: None means 10 x the first group's lr, but that lr is "
+                         f"{lr!r}; pass displacement= explicitly (a float > 0)")
+    return 10.0 * float(lr)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_settings(alpha, interval, displacement, rotation_lr, rotation, seed, scope,
+                    max_grad_norm) -> None:
+    if not (_is_real(alpha) and math.isfinite(alpha)):
+        raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
+    if not (isinstance(interval, numbers.Integral) and not isinstance(interval, bool)
+            and interval >= 1):
+        raise ValueError(f"interval: expected an integer >= 1, got {interval!r}")
+    if displacement is not None and not (_is_real(displacement) and math.isfinite(displacement)
+                                         and displacement > 0):
+        raise ValueError(f"displacement: expected None or a finite float > 0, "
+                         f"got {displacement!r}")
+    if not (_is_real(rotation_lr) and math.isfinite(rotation_lr) and rotation_lr >= 0):
+        raise ValueError(f"rotation_lr: expected a finite float >= 0, got {rotation_lr!r}")
+    if rotation not in dimer.ROTATION_RULES:
+        raise ValueError(f"rotation: expected one of {sorted(dimer.ROTATION_RULES)}, "
+                         f"got {rotation!r}")
+    if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+        raise TypeError(f"seed: expected an int, got {seed!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope: expected one of {list(SCOPES)}, got {scope!r}")
+    if max_grad_norm is not None and not (_is_real(max_grad_norm)
+                                          and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm: expected None or a finite float > 0, "
+                         f"got {max_grad_norm!r}")
