@@ -55,16 +55,19 @@ def default_displacement(param_groups: list[dict[str, Any]]) -> float:
     return 10.0 * float(lr)
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def _is_real(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def check_settings(alpha, interval, displacement, rotation_lr, rotation, seed, scope,
-                    max_grad_norm) -> None:
+def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, probes_per_update,
+                   hessian_memory, seed, scope, max_grad_norm) -> None:
     if not (_is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
-    if not (isinstance(interval, numbers.Integral) and not isinstance(interval, bool)
-            and interval >= 1):
+    if not (_is_int(interval) and interval >= 1):
         raise ValueError(f"interval: expected an integer >= 1, got {interval!r}")
     if displacement is not None and not (_is_real(displacement) and math.isfinite(displacement)
                                          and displacement > 0):
@@ -75,7 +78,15 @@ def check_settings(alpha, interval, displacement, rotation_lr, rotation, seed, s
     if rotation not in dimer.ROTATION_RULES:
         raise ValueError(f"rotation: expected one of {sorted(dimer.ROTATION_RULES)}, "
                          f"got {rotation!r}")
-    if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+    if probes_per_update is not None and not (_is_int(probes_per_update)
+                                              and probes_per_update >= 1):
+        raise ValueError(f"probes_per_update: expected None or an integer >= 1, "
+                         f"got {probes_per_update!r}")
+    if not (_is_real(hessian_memory) and 0 <= hessian_memory < 1):
+        raise ValueError(f"hessian_memory: expected a float in [0, 1), got {hessian_memory!r}")
+    if rotation == "ritz" and scope != "global":
+        raise ValueError("scope: rotation='ritz' works on one global N; use scope='global'")
+    if not _is_int(seed):
         raise TypeError(f"seed: expected an int, got {seed!r}")
     if scope not in SCOPES:
         raise ValueError(f"scope: expected one of {list(SCOPES)}, got {scope!r}")

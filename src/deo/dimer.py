@@ -15,9 +15,23 @@ Rayleigh quotient N^T H N, i.e. turns N towards the MINIMUM-curvature eigenvecto
 Every function here is small and works on lists of tensors (one per parameter tensor) that
 together form one vector; the optimizer decides which lists form a block (all parameters
 for ``scope="global"``, one tensor each for ``scope="tensor"``).
+
+A rotation rule turns N towards the minimum-curvature direction. It receives ``hvp(v)``, which
+evaluates one finite-difference H v on the current batch (one displaced gradient, restored
+exactly), and may call it up to ``settings.budget`` times per probe step:
+
+* ``oja_rule``: the paper's rule, one Oja step N <- normalize(N + lr F) per evaluation;
+* ``ritz_rule``: Rayleigh-Ritz in span{N, previous change of N, residual}, LOBPCG-style. It
+  has no step size and is invariant to the scale of the loss; the Hessian products of N and
+  of the previous change are carried across probe steps (by linearity, and averaged over
+  batches with weight ``settings.memory``), so each further rotation costs one evaluation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,4 +85,140 @@ def rotate_oja(direction: list[Tensor], hvp: list[Tensor], curv: Tensor,
     return normalize(force)
 
 
-ROTATION_RULES = {"oja": rotate_oja}
+
+
+HvpFn = Callable[[list[Tensor]], list[Tensor]]
+
+
+@dataclass
+class RotationSettings:
+    budget: int = 1  # displaced-gradient evaluations per probe step
+    lr: float = 1e-3  # oja's step size
+    memory: float = 0.0  # ritz: weight of past batches in the carried Hessian products
+    blocks: list[list[int]] = field(default_factory=list)  # oja: index blocks sharing one N
+
+
+@dataclass
+class Rotation:
+    direction: list[Tensor]
+    curvature: Tensor  # 0-d: the curvature along the returned N, as far as the rule knows it
+    state: dict[str, Any]  # what the rule carries to the next probe step (tensor lists, ints)
+
+
+def oja_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
+             settings: RotationSettings) -> Rotation:
+    """``settings.budget`` Oja steps on the current batch, each block of N rotated on its own.
+
+    The curvature returned is the one measured at the last evaluation (before its rotation);
+    with several blocks (``scope="tensor"``), the minimum over blocks.
+    """
+    curvatures: list[Tensor] = []
+    for _ in range(settings.budget):
+        hn = hvp(direction)
+        new, curvatures = list(direction), []
+        for block in settings.blocks:
+            n_b, h_b = [direction[i] for i in block], [hn[i] for i in block]
+            curv = curvature(n_b, h_b)
+            curvatures.append(curv)
+            for i, rotated in zip(block, rotate_oja(n_b, h_b, curv, settings.lr)):
+                new[i] = rotated
+        direction = new
+    return Rotation(direction, torch.stack(curvatures).min(), state)
+
+
+def ritz_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
+              settings: RotationSettings) -> Rotation:
+    """Rayleigh-Ritz rotations, spread over probe steps in a cycle of max(budget, 2) evaluations.
+
+    The cycle's first evaluation refreshes H N on the current batch (blended with the carried
+    H N by ``settings.memory``); each further one expands span{N, P} by the residual
+    H N - C N and takes the lowest Ritz vector. With budget 1 the cycle spans two probe steps.
+    """
+    hn, prev, hprev = state.get("hvp"), state.get("previous"), state.get("hvp_previous")
+    phase, cycle = state.get("phase", 0), max(settings.budget, 2)
+    for _ in range(settings.budget):
+        if phase == 0 or hn is None:
+            fresh = hvp(direction)
+            hn = fresh if hn is None else _blend(fresh, hn, settings.memory)
+            phase = 1
+        else:
+            direction, hn, prev, hprev = ritz_step(direction, hn, prev, hprev, hvp)
+            phase = (phase + 1) % cycle
+    new_state = {"hvp": hn, "previous": prev, "hvp_previous": hprev, "phase": phase}
+    return Rotation(direction, curvature(direction, hn), new_state)
+
+
+def ritz_step(n: list[Tensor], hn: list[Tensor], prev: list[Tensor] | None,
+              hprev: list[Tensor] | None, hvp: HvpFn):
+    """One LOBPCG step for the lowest eigenvector: Ritz in span{N, P, W}, W the residual.
+
+    Only W costs an evaluation: H N and H P are known (carried), and the new N, P and their
+    Hessian products are linear combinations of the basis and its products.
+    Returns (N, HN, P, HP); P is None when it vanishes.
+    """
+    basis, products = [n], [hn]
+    if prev is not None:  # P orthogonal to N; H P transformed by the same linear map
+        c = dot(prev, n)
+        _append_unit(basis, products, _axpy(prev, n, -c), _axpy(hprev, hn, -c))
+    residual = _axpy(hn, n, -curvature(n, hn))
+    for b in basis:  # Gram-Schmidt against the whole basis, for round-off
+        residual = _axpy(residual, b, -dot(residual, b))
+    size = norm(residual)
+    if not bool(size > 1e-9 * norm(hn)):  # N is already an eigenvector of the carried H
+        return n, hn, prev, hprev
+    w = torch._foreach_div(residual, size)
+    basis.append(list(w))
+    products.append(hvp(list(w)))
+    y = lowest_ritz_vector(basis, products)
+    y = y * torch.where(y[0] < 0, -1.0, 1.0)  # keep the orientation of N (sign is free)
+    new_n, new_hn = _combine(basis, y), _combine(products, y)
+    scale = norm(new_n)
+    new_n, new_hn = torch._foreach_div(new_n, scale), torch._foreach_div(new_hn, scale)
+    new_p, new_hp = _combine(basis[1:], y[1:]), _combine(products[1:], y[1:])
+    p_size = norm(new_p)
+    if not bool(p_size > 1e-12):
+        return list(new_n), list(new_hn), None, None
+    return (list(new_n), list(new_hn), list(torch._foreach_div(new_p, p_size)),
+            list(torch._foreach_div(new_hp, p_size)))
+
+
+def lowest_ritz_vector(basis: list[list[Tensor]], products: list[list[Tensor]]) -> Tensor:
+    """y minimising y^T T y / y^T y, T_ij = b_i . H b_j (symmetrised), for an orthonormal basis."""
+    k = len(basis)
+    t = torch.stack([torch.stack([dot(basis[i], products[j]) for j in range(k)])
+                     for i in range(k)]).double()
+    _, vectors = torch.linalg.eigh(0.5 * (t + t.T))
+    return vectors[:, 0]
+
+
+def _append_unit(basis, products, v, hv) -> None:
+    size = norm(v)
+    if bool(size > 1e-6):
+        basis.append(list(torch._foreach_div(v, size)))
+        products.append(list(torch._foreach_div(hv, size)))
+
+
+def _axpy(x: list[Tensor], y: list[Tensor], a: Tensor) -> list[Tensor]:
+    """x + a y as new tensors."""
+    out = torch._foreach_mul(y, a.to(y[0].dtype))
+    torch._foreach_add_(out, x)
+    return list(out)
+
+
+def _combine(vectors: list[list[Tensor]], coeffs: Tensor) -> list[Tensor]:
+    """sum_k coeffs[k] vectors[k]."""
+    coeffs = coeffs.to(vectors[0][0].dtype)
+    out = list(torch._foreach_mul(vectors[0], coeffs[0]))
+    for k in range(1, len(vectors)):
+        torch._foreach_add_(out, torch._foreach_mul(vectors[k], coeffs[k]))
+    return out
+
+
+def _blend(fresh: list[Tensor], carried: list[Tensor], memory: float) -> list[Tensor]:
+    """memory * carried + (1 - memory) * fresh."""
+    if memory == 0.0:
+        return fresh
+    return list(torch._foreach_lerp(fresh, carried, memory))
+
+
+ROTATION_RULES = {"oja": oja_rule, "ritz": ritz_rule}

@@ -15,10 +15,11 @@ from . import dimer
 from .arguments import build_base, check_settings, default_displacement
 from .corrections import paper_correction_
 from .distributed import dot, norm
-from .probe_context import capture_rng_state, frozen_module_buffers, restore_rng_state
+from .probe_context import DisplacedGradients, NonFiniteProbe, capture_rng_state
 
 _DIRECTION = "direction"  # per-parameter state key of N
-_SAVED_DIRECTION = "deo_direction"  # its key inside state_dict()["state"][index]
+_SAVED_PREFIX = "deo_"  # DEO's keys inside state_dict()["state"][index] start with it
+DEFAULT_PROBES = {"oja": 1, "ritz": 2}  # probes_per_update=None
 
 _MISSING_CLOSURE = (
     "DEO.step() needs a closure on probe steps (steps 0, interval, 2*interval, ...; this is "
@@ -80,7 +81,13 @@ class DEO(Optimizer):
         interval: probe every ``interval`` steps, an integer >= 1 (paper: 10).
         displacement: dR > 0; ``None`` uses 10 x the first group's lr at construction.
         rotation_lr: step size of the ``"oja"`` rotation, >= 0 (paper: 1e-3).
-        rotation: rotation rule of N, one of ``dimer.ROTATION_RULES`` (``"oja"``).
+        rotation: how N turns, one of ``dimer.ROTATION_RULES``: ``"oja"`` (the paper's rule,
+            correct sign) or ``"ritz"`` (Rayleigh-Ritz, no step size, ``scope="global"``).
+        probes_per_update: displaced-gradient evaluations per probe step, an integer >= 1;
+            ``None``: 1 for ``"oja"``, 2 for ``"ritz"``. ``"ritz"`` with 1 spreads each
+            rotation over two probe steps (one extra gradient per ``interval`` steps).
+        hessian_memory: ``"ritz"`` only, in [0, 1): weight of earlier batches in the Hessian
+            products it carries between probe steps (0: the latest batch only).
         seed: seed of the random initial N; identical on every rank for the same seed.
         scope: ``"global"`` (one N over all parameters, as the paper) or ``"tensor"`` (one unit
             N per parameter tensor, as the authors' code; ``curvature`` is then the minimum
@@ -107,13 +114,17 @@ class DEO(Optimizer):
         displacement: float | None = None,
         rotation_lr: float = 1e-3,
         rotation: str = "oja",
+        probes_per_update: int | None = None,
+        hessian_memory: float = 0.0,
         seed: int = 0,
         scope: str = "global",
         max_grad_norm: float | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_settings(alpha, interval, displacement, rotation_lr, rotation, seed, scope,
-                       max_grad_norm)
+        check_settings(alpha=alpha, interval=interval, displacement=displacement,
+                       rotation_lr=rotation_lr, rotation=rotation,
+                       probes_per_update=probes_per_update, hessian_memory=hessian_memory,
+                       seed=seed, scope=scope, max_grad_norm=max_grad_norm)
         if isinstance(base, DEO) or (isinstance(base, type) and issubclass(base, DEO)):
             raise TypeError("base: DEO cannot wrap another DEO")
         self.base = build_base(params, base, base_kwargs)
@@ -128,6 +139,9 @@ class DEO(Optimizer):
             else float(displacement)
         self.rotation_lr = float(rotation_lr)
         self.rotation = rotation
+        self.probes_per_update = DEFAULT_PROBES[rotation] if probes_per_update is None \
+            else int(probes_per_update)
+        self.hessian_memory = float(hessian_memory)
         self.seed = int(seed)
         self.scope = scope
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -138,6 +152,7 @@ class DEO(Optimizer):
         self._probe_count = 0
         self._skipped_probes = 0
         self._warned_nonfinite = False
+        self._rule_scalars: dict[str, Any] = {}  # e.g. the ritz cycle's phase
         self._init_direction(self._params(), generator=torch.Generator().manual_seed(self.seed))
 
     # -- public read-outs -------------------------------------------------------------------
@@ -181,52 +196,53 @@ class DEO(Optimizer):
         return loss
 
     def _probe(self, closure: Callable[[], Tensor], rng_before: dict) -> None:
-        """Evaluate g' at theta + dR N on the same batch, then rotate N (design.md, sec. 1)."""
-        params = self._params()
-        direction = self.direction
-        grads = [p.grad for p in params]
-        saved = [p.detach().clone() for p in params]
-        rng_after = capture_rng_state()
-        for p in params:  # the probe's backward writes fresh tensors; the originals stay intact
-            p.grad = None
-        torch._foreach_add_(params, [n.to(p.dtype) for n, p in zip(direction, params)],
-                            alpha=self.displacement)
-        restore_rng_state(rng_before)
-        try:
-            with torch.enable_grad(), frozen_module_buffers():
-                probe_loss = closure()
-            displaced = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        finally:
-            torch._foreach_copy_(params, saved)
-            for p, g in zip(params, grads):
-                p.grad = g
-            restore_rng_state(rng_after)
-        del saved
-        self._probe_count += 1
-        main = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-        hvp = dimer.finite_difference_hvp_(displaced, main, self.displacement)
-        # One host sync per probe (never on cheap steps): a non-finite HN must not reach N.
-        if not (_is_finite(probe_loss) and _is_finite(norm(hvp))):
+        """Rotate N with displaced gradients on this step's batch (design.md, section 1)."""
+        rule = dimer.ROTATION_RULES[self.rotation]
+        old = [n.clone() for n in self.direction]
+        with DisplacedGradients(self._params(), closure, rng_before,
+                                self.displacement) as probe:
+            try:
+                result = rule(self.direction, lambda v: _as_dtypes(probe.hvp(v), old),
+                              self._rule_state(), self._rotation_settings(len(old)))
+            except NonFiniteProbe:
+                result = None
+            finally:
+                self._probe_count += probe.count
+        if result is None:
             self._skip_probe()
             return
-        self._rotate(direction, hvp)
+        torch._foreach_copy_(self.direction, result.direction)
+        self._store_rule_state(result.state)
+        self._stats["curvature"] = result.curvature
+        # N and -N are the same direction to DEO. In tensor scope the concatenation of k unit
+        # blocks over sqrt(k) is a unit vector whose cosine is the mean of the blocks'.
+        cosines = [dot([old[i] for i in b], [result.direction[i] for i in b]).abs()
+                   for b in self._blocks(len(old))]
+        self._stats["angle"] = torch.arccos(torch.stack(cosines).mean().clamp(max=1.0))
 
-    def _rotate(self, direction: list[Tensor], hvp: list[Tensor]) -> None:
-        rule = dimer.ROTATION_RULES[self.rotation]
-        curvatures, cosines = [], []
-        for block in self._blocks(len(direction)):
-            old = [direction[i] for i in block]
-            hvp_block = [hvp[i] for i in block]
-            curv = dimer.curvature(old, hvp_block)
-            new = rule(old, hvp_block, curv, self.rotation_lr)
-            cosines.append(dot(old, new))
-            torch._foreach_copy_(old, new)
-            curvatures.append(curv)
-        self._stats["curvature"] = torch.stack(curvatures).min()
-        # In tensor scope the concatenation of k unit blocks, divided by sqrt(k), is a unit
-        # vector, and its cosine with the rotated one is the mean of the blocks' cosines.
-        cos = torch.stack(cosines).mean().clamp(-1.0, 1.0)
-        self._stats["angle"] = torch.arccos(cos)
+    def _rotation_settings(self, count: int) -> dimer.RotationSettings:
+        return dimer.RotationSettings(budget=self.probes_per_update, lr=self.rotation_lr,
+                                      memory=self.hessian_memory, blocks=self._blocks(count))
+
+    def _rule_state(self) -> dict[str, Any]:
+        """The rule's carried state: per-parameter tensors as lists, scalars as they are."""
+        params = self._params()
+        state: dict[str, Any] = dict(self._rule_scalars)
+        for key in {k for p in params for k in self.state[p] if k != _DIRECTION}:
+            state[key] = [self.state[p][key] for p in params]
+        return state
+
+    def _store_rule_state(self, state: dict[str, Any]) -> None:
+        params = self._params()
+        for key, value in state.items():
+            if isinstance(value, list):
+                for p, v in zip(params, value):
+                    self.state[p][key] = v
+            elif value is None:
+                for p in params:
+                    self.state[p].pop(key, None)
+            else:
+                self._rule_scalars[key] = value
 
     def _correct(self, grads: list[Tensor], direction: list[Tensor], record: bool) -> None:
         # |g| costs one more pass over the gradients: measured on probe steps only.
@@ -283,19 +299,21 @@ class DEO(Optimizer):
     # -- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict, with N per parameter and DEO's counters added.
+        """The base optimizer's state dict, with DEO's per-parameter state and counters added.
 
-        ``state[i]["deo_direction"]`` holds N for parameter i; ``"deo"`` holds the step
-        counter, the probe counters, the last statistics and the settings.
+        ``state[i]["deo_direction"]`` holds N for parameter i (``"deo_<key>"`` any other
+        per-parameter state of the rotation rule); ``"deo"`` holds the step counter, the probe
+        counters, the rule's scalar state, the last statistics and the settings.
         """
         sd = self.base.state_dict()
         state = dict(sd["state"])
         for i, p in enumerate(self._params()):
-            state[i] = {**state.get(i, {}), _SAVED_DIRECTION: self.state[p][_DIRECTION]}
+            ours = {_SAVED_PREFIX + k: v for k, v in self.state[p].items()}
+            state[i] = {**state.get(i, {}), **ours}
         sd["state"] = state
         sd["deo"] = {"steps": self.steps, "probe_count": self._probe_count,
                      "skipped_probes": self._skipped_probes, "stats": dict(self._stats),
-                     "settings": self._settings()}
+                     "rule_scalars": dict(self._rule_scalars), "settings": self._settings()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -306,17 +324,24 @@ class DEO(Optimizer):
         if saved["settings"]["scope"] != self.scope:
             raise ValueError(f"load_state_dict: saved with scope={saved['settings']['scope']!r}, "
                              f"this optimizer has scope={self.scope!r}")
-        base_state, directions = {}, {}
+        base_state, ours = {}, {}
         for i, entry in state_dict["state"].items():
-            entry = dict(entry)
-            directions[i] = entry.pop(_SAVED_DIRECTION, None)
-            if entry:
-                base_state[i] = entry
-        self.base.load_state_dict({**state_dict, "state": base_state})
+            base_state[i] = {k: v for k, v in entry.items() if not k.startswith(_SAVED_PREFIX)}
+            ours[i] = {k[len(_SAVED_PREFIX):]: v for k, v in entry.items()
+                       if k.startswith(_SAVED_PREFIX)}
+        self.base.load_state_dict(
+            {**state_dict, "state": {i: e for i, e in base_state.items() if e}})
         self.param_groups = self.base.param_groups  # the base built new group dicts
         for i, p in enumerate(self._params()):
-            if directions.get(i) is not None:
-                self.state[p][_DIRECTION].copy_(directions[i])
+            direction = self.state[p][_DIRECTION]
+            self.state[p].clear()
+            self.state[p][_DIRECTION] = direction
+            for key, value in ours.get(i, {}).items():
+                if key == _DIRECTION:
+                    direction.copy_(value)
+                else:
+                    self.state[p][key] = value.to(direction.device, direction.dtype, copy=True)
+        self._rule_scalars = dict(saved.get("rule_scalars", {}))
         self.steps = int(saved["steps"])
         self._probe_count = int(saved["probe_count"])
         self._skipped_probes = int(saved["skipped_probes"])
@@ -325,7 +350,9 @@ class DEO(Optimizer):
 
     def _settings(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "interval": self.interval, "displacement": self.displacement,
-                "rotation_lr": self.rotation_lr, "rotation": self.rotation, "seed": self.seed,
+                "rotation_lr": self.rotation_lr, "rotation": self.rotation,
+                "probes_per_update": self.probes_per_update,
+                "hessian_memory": self.hessian_memory, "seed": self.seed,
                 "scope": self.scope, "max_grad_norm": self.max_grad_norm}
 
     def __repr__(self) -> str:
@@ -335,11 +362,10 @@ class DEO(Optimizer):
 
 # -- construction helpers --------------------------------------------------------------------
 
+def _as_dtypes(tensors: list[Tensor], like: list[Tensor]) -> list[Tensor]:
+    return [t.to(ref.dtype) for t, ref in zip(tensors, like)]
+
+
 def _direction_dtype(p: Tensor) -> torch.dtype:
     # N in at least float32: a unit vector over millions of entries has tiny components.
     return torch.promote_types(p.dtype, torch.float32)
-
-
-def _is_finite(value: Tensor | float | None) -> bool:
-    # A closure may return None; then only the gradients are checked.
-    return value is None or bool(torch.isfinite(torch.as_tensor(value)).all())

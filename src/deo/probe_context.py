@@ -19,6 +19,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .dimer import finite_difference_hvp_
+from .distributed import norm
+
 
 def capture_rng_state() -> dict:
     """The CPU generator's state and, where CUDA is in use, every CUDA device's."""
@@ -56,3 +59,77 @@ def frozen_module_buffers() -> Iterator[None]:
             for buffers in saved.values():
                 for live, copy in buffers:
                     live.copy_(copy)
+
+
+class NonFiniteProbe(ArithmeticError):
+    """A displaced loss or finite-difference HVP was inf/NaN: the rotation must be skipped."""
+
+
+class DisplacedGradients:
+    """Finite-difference Hessian-vector products on the batch of the current step.
+
+    ``hvp(v)`` evaluates the closure at theta + dR v (v a unit vector given as tensors shaped
+    like the parameters) and returns (g(theta + dR v) - g(theta)) / dR. Each call is one
+    displaced-gradient evaluation, counted in ``count``. Between calls and on exit the
+    parameters are restored from a saved copy (exact, unlike subtracting dR v), the original
+    gradient tensors are put back, and the RNG is left where the main pass left it.
+
+    Use as a context manager, entered right after the main pass::
+
+        with DisplacedGradients(params, closure, rng_before, dR) as probe:
+            hn = probe.hvp(direction)
+    """
+
+    def __init__(self, params: list[torch.Tensor], closure, rng_before: dict,
+                 displacement: float) -> None:
+        self.params = params
+        self.closure = closure
+        self.rng_before = rng_before
+        self.displacement = displacement
+        self.count = 0
+
+    def __enter__(self) -> DisplacedGradients:
+        self.grads = [p.grad for p in self.params]
+        self.main = [g if g is not None else torch.zeros_like(p)
+                     for g, p in zip(self.grads, self.params)]
+        self.saved = [p.detach().clone() for p in self.params]
+        self.rng_after = capture_rng_state()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.saved)
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        restore_rng_state(self.rng_after)
+        del self.saved, self.main
+
+    def hvp(self, vector: list[torch.Tensor]) -> list[torch.Tensor]:
+        params = self.params
+        for p in params:  # the probe's backward writes fresh tensors; the originals stay intact
+            p.grad = None
+        with torch.no_grad():
+            torch._foreach_copy_(params, self.saved)
+            torch._foreach_add_(params, [v.to(p.dtype) for v, p in zip(vector, params)],
+                                alpha=self.displacement)
+        restore_rng_state(self.rng_before)
+        try:
+            with torch.enable_grad(), frozen_module_buffers():
+                loss = self.closure()
+            displaced = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, self.saved)
+            for p, g in zip(params, self.grads):
+                p.grad = g
+        self.count += 1
+        hvp = finite_difference_hvp_(displaced, self.main, self.displacement)
+        # One host sync per evaluation (probe steps only): a non-finite HN must not reach N.
+        if not (_is_finite(loss) and _is_finite(norm(hvp))):
+            raise NonFiniteProbe("the displaced loss or gradient is not finite")
+        return hvp
+
+
+def _is_finite(value) -> bool:
+    # A closure may return None; then only the gradients are checked.
+    return value is None or bool(torch.isfinite(torch.as_tensor(value)).all())
