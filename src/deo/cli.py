@@ -1,4 +1,4 @@
-"""The ``deo`` command. ``deo bench`` and ``deo probe`` arrive with the benchmark package."""
+"""The ``deo`` command: ``deo probe`` checks the curvature estimate against Lanczos."""
 
 from __future__ import annotations
 
@@ -12,16 +12,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deo",
         description="Dimer-Enhanced Optimization (DEO) for PyTorch: the optimizer is deo.DEO; "
-                    "this command will run the benchmarks.")
+                    "this command runs its checks and benchmarks.")
     parser.add_argument("--version", action="version", version=f"deo {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    probe = commands.add_parser(
+        "probe", help="compare each rotation rule's N with Lanczos ground truth",
+        description="Train the character GPT with AdamW, fix a batch, compute its Hessian's "
+                    "extreme eigenpairs by Lanczos, then turn N with each rotation rule on "
+                    "that batch and report curvature along N and cos(N, v_min).")
+    probe.add_argument("--data", metavar="PATH", default=None,
+                       help="text file (default: the pydoc topics text that ships with Python)")
+    probe.add_argument("--model", choices=["small", "complex"], default="small")
+    probe.add_argument("--train-steps", type=_at_least(0), default=300, metavar="K")
+    probe.add_argument("--rules", type=_rules, default=("ritz", "oja"),
+                       help="comma-separated rotation rules (default: ritz,oja)")
+    probe.add_argument("--evaluations", type=_at_least(1), default=200, metavar="E",
+                       help="displaced-gradient evaluations per rule (default: 200)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--out", metavar="FILE", default=None, help="write the results as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "probe":
+        return _probe(args)
     parser.print_help()
     return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from .bench.probe import ProbeConfig, run_probe  # heavy imports only when needed
+
+    config = ProbeConfig(data=args.data, model=args.model, train_steps=args.train_steps,
+                         rules=args.rules, evaluations=args.evaluations, seed=args.seed)
+    try:
+        run_probe(config, out=args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"deo probe: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _rules(text: str) -> tuple[str, ...]:
+    from .dimer import ROTATION_RULES
+
+    rules = tuple(r.strip() for r in text.split(",") if r.strip())
+    unknown = [r for r in rules if r not in ROTATION_RULES]
+    if not rules or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {sorted(ROTATION_RULES)}, got {text!r}")
+    return rules
 
 
 if __name__ == "__main__":

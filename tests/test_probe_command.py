@@ -1,0 +1,58 @@
+"""`deo probe`: ritz must find v_min of a real (tiny) GPT's Hessian; Lanczos is the judge."""
+
+import json
+
+import pytest
+
+from deo.bench.probe import ProbeConfig, run_probe
+from deo.cli import main
+
+TINY = ProbeConfig(model_overrides={"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+                   train_steps=20, batch_size=4, lr=3e-3, warmup=5, evaluations=40)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "probe.json"
+    return run_probe(TINY, out=out, log=lambda line: None), out
+
+
+def test_ritz_finds_the_minimum_curvature_direction_and_oja_default_does_not(report):
+    result, _ = report
+    rules = {r["rule"]: r for r in result["rules"]}
+    assert result["lambda_min"] < 0
+    ritz, oja = rules["ritz"], rules["oja"]
+    assert ritz["evaluations_to_target"] is not None and ritz["cos_v_min"] >= 0.95
+    assert ritz["curvature_exact"] == pytest.approx(result["lambda_min"], rel=0.05)
+    assert oja["evaluations_to_target"] is None and oja["cos_v_min"] < 0.5
+
+
+def test_no_direction_has_curvature_below_lambda_min(report):
+    result, _ = report
+    for rule in result["rules"]:
+        assert rule["evaluations"] == TINY.evaluations  # the budget is counted exactly
+        for point in rule["trace"]:  # a Rayleigh quotient is never below lambda_min
+            assert point["curvature_exact"] >= result["lambda_min"] - 1e-3 * abs(
+                result["lambda_min"])
+
+
+def test_json_report_round_trips(report):
+    result, out = report
+    saved = json.loads(out.read_text())
+    assert saved["lambda_min"] == result["lambda_min"]
+    assert [r["rule"] for r in saved["rules"]] == ["ritz", "oja"]
+    assert not out.with_name(out.name + ".tmp").exists()
+
+
+def test_probe_command_reports_a_missing_data_file(tmp_path, capsys):
+    assert main(["probe", "--data", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["probe", "--rules", "newton"],
+                                  ["probe", "--evaluations", "0"]])
+def test_probe_command_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "expected" in capsys.readouterr().err
