@@ -217,3 +217,21 @@ def test_errors_name_the_offending_argument():
     # A one-element loss of shape (1,) is a scalar too.
     hv = hessian.hessian_vector_product(lambda: loss_fn().reshape(1), params, [torch.ones(4)])
     assert hv[0].shape == (4,)
+
+
+def test_warm_start_from_the_answer_needs_fewer_products():
+    pytest.importorskip("scipy")
+    from deo import hessian as H
+
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(300, 300, generator=gen, dtype=torch.float64))
+    a = q @ torch.diag(torch.linspace(-1.0, 10.0, 300, dtype=torch.float64)) @ q.T
+    x = torch.zeros(300, dtype=torch.float64, requires_grad=True)
+
+    def loss_fn():
+        return 0.5 * (x @ a @ x) + x.sum()
+
+    cold = H.extreme_eigenpairs(loss_fn, [x])
+    warm = H.extreme_eigenpairs(loss_fn, [x], start=[cold.v_min[0] + cold.v_max[0]])
+    assert warm.lambda_min == pytest.approx(-1.0, rel=1e-6)
+    assert warm.matvecs < cold.matvecs

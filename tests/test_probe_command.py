@@ -56,3 +56,20 @@ def test_probe_command_rejects_bad_arguments(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_tracking_appends_a_ground_truth_record_per_checkpoint(tmp_path):
+    from deo.bench.tracking import TrackConfig, median_ratio, track_training
+
+    config = TrackConfig(model_overrides=TINY.model_overrides, steps=30, every=10, batch_size=4,
+                         eval_batch_size=32)
+    out = tmp_path / "track.jsonl"
+    records = track_training(config, out, log=lambda line: None)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["config"]["every"] == 10 and lines[1:] == records
+    assert [r["step"] for r in records] == [10, 20, 30]
+    for r in records:  # a Rayleigh quotient lies inside the Lanczos spectrum
+        assert r["lambda_min"] - 1e-2 <= r["curvature_eval"] <= r["lambda_max"] + 1e-2
+        assert 0.0 <= r["cos_v_min"] <= 1.0
+        assert r["ratio"] == pytest.approx(r["curvature_eval"] / r["lambda_min"])
+    assert median_ratio(records) == sorted(r["ratio"] for r in records)[1]

@@ -64,7 +64,7 @@ def _is_real(x: Any) -> bool:
 
 
 def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, probes_per_update,
-                   hessian_memory, seed, scope, max_grad_norm) -> None:
+                   hessian_memory, ritz_window, seed, scope, max_grad_norm) -> None:
     if not (_is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
     if not (_is_int(interval) and interval >= 1):
@@ -84,6 +84,8 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
                          f"got {probes_per_update!r}")
     if not (_is_real(hessian_memory) and 0 <= hessian_memory < 1):
         raise ValueError(f"hessian_memory: expected a float in [0, 1), got {hessian_memory!r}")
+    if not (_is_int(ritz_window) and ritz_window >= 1):
+        raise ValueError(f"ritz_window: expected an integer >= 1, got {ritz_window!r}")
     if rotation == "ritz" and scope != "global":
         raise ValueError("scope: rotation='ritz' works on one global N; use scope='global'")
     if not _is_int(seed):

@@ -30,6 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="displaced-gradient evaluations per rule (default: 200)")
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--out", metavar="FILE", default=None, help="write the results as JSON")
+
+    track = commands.add_parser(
+        "track", help="record N against Lanczos ground truth during DEO training",
+        description="Train the character GPT with DEO (AdamW base) and every --every steps "
+                    "compare N with the extreme eigenpairs of a fixed evaluation batch's "
+                    "Hessian; one JSON line per checkpoint, appended as it is made.")
+    track.add_argument("--data", metavar="PATH", default=None)
+    track.add_argument("--model", choices=["small", "complex"], default="small")
+    track.add_argument("--steps", type=_at_least(1), default=2000)
+    track.add_argument("--every", type=_at_least(1), default=250)
+    track.add_argument("--rotation", type=_rule, default="ritz")
+    track.add_argument("--probes-per-update", type=_at_least(1), default=None, metavar="P")
+    track.add_argument("--hessian-memory", type=float, default=0.0, metavar="M")
+    track.add_argument("--ritz-window", type=_at_least(1), default=1, metavar="K")
+    track.add_argument("--interval", type=_at_least(1), default=10)
+    track.add_argument("--alpha", type=float, default=5.0)
+    track.add_argument("--seed", type=int, default=0)
+    track.add_argument("--out", metavar="FILE", required=True, help="JSONL file to append to")
     return parser
 
 
@@ -38,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "probe":
         return _probe(args)
+    if args.command == "track":
+        return _track(args)
     parser.print_help()
     return 0
 
@@ -49,9 +69,28 @@ def _probe(args: argparse.Namespace) -> int:
                          rules=args.rules, evaluations=args.evaluations, seed=args.seed)
     try:
         run_probe(config, out=args.out)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ImportError) as err:
         print(f"deo probe: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _track(args: argparse.Namespace) -> int:
+    from .bench.tracking import TrackConfig, median_ratio, track_training
+
+    config = TrackConfig(data=args.data, model=args.model, steps=args.steps, every=args.every,
+                         rotation=args.rotation, probes_per_update=args.probes_per_update,
+                         hessian_memory=args.hessian_memory, ritz_window=args.ritz_window,
+                         interval=args.interval,
+                         alpha=args.alpha, seed=args.seed)
+    try:
+        records = track_training(config, args.out)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"deo track: error: {err}", file=sys.stderr)
+        return 2
+    if records:
+        print(f"median over checkpoints of (curvature along N) / lambda_min: "
+              f"{median_ratio(records):.2f}")
     return 0
 
 
@@ -64,14 +103,19 @@ def _at_least(low: int):
     return parse
 
 
-def _rules(text: str) -> tuple[str, ...]:
+def _rule(text: str) -> str:
     from .dimer import ROTATION_RULES
 
-    rules = tuple(r.strip() for r in text.split(",") if r.strip())
-    unknown = [r for r in rules if r not in ROTATION_RULES]
-    if not rules or unknown:
+    if text not in ROTATION_RULES:
         raise argparse.ArgumentTypeError(
-            f"expected a comma-separated subset of {sorted(ROTATION_RULES)}, got {text!r}")
+            f"expected one of {sorted(ROTATION_RULES)}, got {text!r}")
+    return text
+
+
+def _rules(text: str) -> tuple[str, ...]:
+    rules = tuple(_rule(r.strip()) for r in text.split(",") if r.strip())
+    if not rules:
+        raise argparse.ArgumentTypeError("expected at least one rotation rule")
     return rules
 
 

@@ -95,6 +95,7 @@ class RotationSettings:
     budget: int = 1  # displaced-gradient evaluations per probe step
     lr: float = 1e-3  # oja's step size
     memory: float = 0.0  # ritz: weight of past batches in the carried Hessian products
+    window: int = 1  # ritz: batches whose H W is averaged before each Ritz update
     blocks: list[list[int]] = field(default_factory=list)  # oja: index blocks sharing one N
 
 
@@ -131,20 +132,34 @@ def ritz_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
     """Rayleigh-Ritz rotations, spread over probe steps in a cycle of max(budget, 2) evaluations.
 
     The cycle's first evaluation refreshes H N on the current batch (blended with the carried
-    H N by ``settings.memory``); each further one expands span{N, P} by the residual
-    H N - C N and takes the lowest Ritz vector. With budget 1 the cycle spans two probe steps.
+    H N by ``settings.memory``); each further one samples H W for the expansion vector W (the
+    residual H N - C N, orthogonalised). After ``settings.window`` samples of H W (averaged,
+    from as many batches when the budget is small) N moves to the lowest Ritz vector of
+    span{N, P, W}. With budget 1 the cycle spans two probe steps.
     """
     hn, prev, hprev = state.get("hvp"), state.get("previous"), state.get("hvp_previous")
+    w, hw, samples = state.get("expansion"), state.get("hvp_expansion"), state.get("samples", 0)
     phase, cycle = state.get("phase", 0), max(settings.budget, 2)
     for _ in range(settings.budget):
         if phase == 0 or hn is None:
             fresh = hvp(direction)
             hn = fresh if hn is None else _blend(fresh, hn, settings.memory)
             phase = 1
-        else:
-            direction, hn, prev, hprev = ritz_step(direction, hn, prev, hprev, hvp)
-            phase = (phase + 1) % cycle
-    new_state = {"hvp": hn, "previous": prev, "hvp_previous": hprev, "phase": phase}
+            continue
+        phase = (phase + 1) % cycle
+        basis, products = lobpcg_basis(direction, hn, prev, hprev)
+        if w is None:
+            w, hw, samples = residual_direction(basis, products), None, 0
+            if w is None:  # N is already an eigenvector of the carried H: nothing to sample
+                continue
+        fresh = hvp(w)
+        hw = fresh if hw is None else _running_mean(hw, fresh, samples)
+        samples += 1
+        if samples >= settings.window:
+            direction, hn, prev, hprev = ritz_update(basis + [w], products + [hw])
+            w, hw, samples = None, None, 0
+    new_state = {"hvp": hn, "previous": prev, "hvp_previous": hprev, "expansion": w,
+                 "hvp_expansion": hw, "samples": samples, "phase": phase}
     return Rotation(direction, curvature(direction, hn), new_state)
 
 
@@ -156,19 +171,36 @@ def ritz_step(n: list[Tensor], hn: list[Tensor], prev: list[Tensor] | None,
     Hessian products are linear combinations of the basis and its products.
     Returns (N, HN, P, HP); P is None when it vanishes.
     """
+    basis, products = lobpcg_basis(n, hn, prev, hprev)
+    w = residual_direction(basis, products)
+    if w is None:
+        return n, hn, prev, hprev
+    return ritz_update(basis + [w], products + [hvp(w)])
+
+
+def lobpcg_basis(n, hn, prev, hprev) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+    """[N, P orthogonalised against N] and their Hessian products (by linearity)."""
     basis, products = [n], [hn]
-    if prev is not None:  # P orthogonal to N; H P transformed by the same linear map
+    if prev is not None:
         c = dot(prev, n)
         _append_unit(basis, products, _axpy(prev, n, -c), _axpy(hprev, hn, -c))
+    return basis, products
+
+
+def residual_direction(basis: list[list[Tensor]], products: list[list[Tensor]]):
+    """The unit residual H N - C N made orthogonal to the basis, or None when it vanishes."""
+    n, hn = basis[0], products[0]
     residual = _axpy(hn, n, -curvature(n, hn))
     for b in basis:  # Gram-Schmidt against the whole basis, for round-off
         residual = _axpy(residual, b, -dot(residual, b))
     size = norm(residual)
-    if not bool(size > 1e-9 * norm(hn)):  # N is already an eigenvector of the carried H
-        return n, hn, prev, hprev
-    w = torch._foreach_div(residual, size)
-    basis.append(list(w))
-    products.append(hvp(list(w)))
+    if not bool(size > 1e-9 * norm(hn)):
+        return None
+    return list(torch._foreach_div(residual, size))
+
+
+def ritz_update(basis: list[list[Tensor]], products: list[list[Tensor]]):
+    """The lowest Ritz vector of an orthonormal basis as the new N, the rest of the move as P."""
     y = lowest_ritz_vector(basis, products)
     y = y * torch.where(y[0] < 0, -1.0, 1.0)  # keep the orientation of N (sign is free)
     new_n, new_hn = _combine(basis, y), _combine(products, y)
@@ -212,6 +244,11 @@ def _combine(vectors: list[list[Tensor]], coeffs: Tensor) -> list[Tensor]:
     for k in range(1, len(vectors)):
         torch._foreach_add_(out, torch._foreach_mul(vectors[k], coeffs[k]))
     return out
+
+
+def _running_mean(mean: list[Tensor], sample: list[Tensor], count: int) -> list[Tensor]:
+    """The mean of count + 1 samples, given the mean of the first count."""
+    return list(torch._foreach_lerp(mean, sample, 1.0 / (count + 1)))
 
 
 def _blend(fresh: list[Tensor], carried: list[Tensor], memory: float) -> list[Tensor]:

@@ -148,7 +148,7 @@ def _dense_extremes(op: HessianOperator) -> tuple[torch.Tensor, torch.Tensor]:
     return eigvals[[0, -1]], eigvecs[:, [0, -1]]
 
 
-def _lanczos_extremes(op: HessianOperator, tol: float, maxiter, seed: int):
+def _lanczos_extremes(op: HessianOperator, tol: float, maxiter, seed: int, start):
     try:
         import numpy as np
         from scipy.sparse.linalg import LinearOperator, eigsh
@@ -163,6 +163,8 @@ def _lanczos_extremes(op: HessianOperator, tol: float, maxiter, seed: int):
 
     linop = LinearOperator((op.dim, op.dim), matvec=matvec, dtype=np.float64)
     v0 = np.random.RandomState(seed).standard_normal(op.dim)
+    if start is not None:  # warm start, e.g. from the last checkpoint's eigenvectors
+        v0 = op.flatten(start).to("cpu", torch.float64).numpy() + 1e-3 * v0
     # which="BE", k=2: one Krylov space serves both ends of the spectrum; values come ascending.
     eigvals, eigvecs = eigsh(linop, k=2, which="BE", tol=tol, maxiter=maxiter, v0=v0)
     return torch.from_numpy(eigvals), torch.from_numpy(eigvecs)
@@ -182,13 +184,15 @@ def extreme_eigenpairs(
     maxiter: int | None = None,
     seed: int = 0,
     dense_below: int = 64,
+    start: list[torch.Tensor] | None = None,
 ) -> ExtremeEigenpairs:
     r""":math:`(\lambda_{\min}, v_{\min})` and :math:`(\lambda_{\max}, v_{\max})` of :math:`H`.
 
     Lanczos (ARPACK ``eigsh``, relative accuracy ``tol``, start vector from ``seed``) if
     ``dim > dense_below``, else a dense ``torch.linalg.eigh`` of :math:`H` built from ``dim``
     matvecs. With float32 params the matvecs carry float32 rounding; loosen ``tol`` (~1e-4) or use
-    float64 if ARPACK fails to converge.
+    float64 if ARPACK fails to converge. ``start`` (tensors shaped like params) warm-starts
+    Lanczos, e.g. with v_min + v_max of a nearby point; a small random part is added.
     """
     if not tol > 0:
         raise ValueError(f"tol must be positive, got {tol}")
@@ -197,7 +201,7 @@ def extreme_eigenpairs(
     if op.dim <= max(dense_below, 2):
         eigvals, eigvecs = _dense_extremes(op)
     else:
-        eigvals, eigvecs = _lanczos_extremes(op, tol, maxiter, seed)
+        eigvals, eigvecs = _lanczos_extremes(op, tol, maxiter, seed, start)
     return ExtremeEigenpairs(
         lambda_min=float(eigvals[0]),
         lambda_max=float(eigvals[1]),

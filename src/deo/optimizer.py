@@ -88,6 +88,8 @@ class DEO(Optimizer):
             rotation over two probe steps (one extra gradient per ``interval`` steps).
         hessian_memory: ``"ritz"`` only, in [0, 1): weight of earlier batches in the Hessian
             products it carries between probe steps (0: the latest batch only).
+        ritz_window: ``"ritz"`` only, an integer >= 1: batches whose product H W with the
+            expansion vector W is averaged before each Ritz update (1: update at once).
         seed: seed of the random initial N; identical on every rank for the same seed.
         scope: ``"global"`` (one N over all parameters, as the paper) or ``"tensor"`` (one unit
             N per parameter tensor, as the authors' code; ``curvature`` is then the minimum
@@ -116,6 +118,7 @@ class DEO(Optimizer):
         rotation: str = "oja",
         probes_per_update: int | None = None,
         hessian_memory: float = 0.0,
+        ritz_window: int = 1,
         seed: int = 0,
         scope: str = "global",
         max_grad_norm: float | None = None,
@@ -124,6 +127,7 @@ class DEO(Optimizer):
         check_settings(alpha=alpha, interval=interval, displacement=displacement,
                        rotation_lr=rotation_lr, rotation=rotation,
                        probes_per_update=probes_per_update, hessian_memory=hessian_memory,
+                       ritz_window=ritz_window,
                        seed=seed, scope=scope, max_grad_norm=max_grad_norm)
         if isinstance(base, DEO) or (isinstance(base, type) and issubclass(base, DEO)):
             raise TypeError("base: DEO cannot wrap another DEO")
@@ -142,6 +146,7 @@ class DEO(Optimizer):
         self.probes_per_update = DEFAULT_PROBES[rotation] if probes_per_update is None \
             else int(probes_per_update)
         self.hessian_memory = float(hessian_memory)
+        self.ritz_window = int(ritz_window)
         self.seed = int(seed)
         self.scope = scope
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -222,7 +227,8 @@ class DEO(Optimizer):
 
     def _rotation_settings(self, count: int) -> dimer.RotationSettings:
         return dimer.RotationSettings(budget=self.probes_per_update, lr=self.rotation_lr,
-                                      memory=self.hessian_memory, blocks=self._blocks(count))
+                                      memory=self.hessian_memory, window=self.ritz_window,
+                                      blocks=self._blocks(count))
 
     def _rule_state(self) -> dict[str, Any]:
         """The rule's carried state: per-parameter tensors as lists, scalars as they are."""
@@ -352,7 +358,8 @@ class DEO(Optimizer):
         return {"alpha": self.alpha, "interval": self.interval, "displacement": self.displacement,
                 "rotation_lr": self.rotation_lr, "rotation": self.rotation,
                 "probes_per_update": self.probes_per_update,
-                "hessian_memory": self.hessian_memory, "seed": self.seed,
+                "hessian_memory": self.hessian_memory, "ritz_window": self.ritz_window,
+                "seed": self.seed,
                 "scope": self.scope, "max_grad_norm": self.max_grad_norm}
 
     def __repr__(self) -> str:
