@@ -200,3 +200,43 @@ def test_add_param_group_reaches_the_base_and_keeps_n_unit():
     opt.step(closure)  # a probe over both groups
     assert float(norm(opt.direction)) == pytest.approx(1.0, abs=1e-5)
     assert float(opt.direction[-1].abs().sum()) > 0  # the rotation reached the new group
+
+
+class HutchinsonSGD(torch.optim.SGD):
+    """A Sophia-like base: it differentiates the gradients again (needs create_graph)."""
+
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        z = [torch.ones_like(p) for p in params]
+        hz = torch.autograd.grad([p.grad for p in params], params, grad_outputs=z)
+        for p, h in zip(params, hz):
+            p.grad = p.grad.detach() + 1e-3 * h
+        return super().step()
+
+
+def test_probe_keeps_the_graph_of_create_graph_gradients_intact():
+    def run(wrap):
+        torch.manual_seed(0)
+        model = MLP(batchnorm=False, dropout=0.0)
+        opt = wrap(model)
+        for step in range(4):
+            x, y = batch(step)
+
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward(create_graph=True)
+                return loss
+
+            if isinstance(opt, deo.DEO):
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    alone = run(lambda m: HutchinsonSGD(m.parameters(), lr=0.1))
+    wrapped = run(lambda m: deo.DEO(m.parameters(), base=HutchinsonSGD, lr=0.1, alpha=0.0,
+                                    interval=2))
+    for a, b in zip(alone, wrapped):
+        assert torch.equal(a, b)

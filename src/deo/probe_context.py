@@ -92,13 +92,17 @@ class DisplacedGradients:
         self.grads = [p.grad for p in self.params]
         self.main = [g if g is not None else torch.zeros_like(p)
                      for g, p in zip(self.grads, self.params)]
-        self.saved = [p.detach().clone() for p in self.params]
+        # A gradient that carries a graph (backward(create_graph=True), e.g. for Sophia's
+        # Hessian estimate) keeps the parameters as saved tensors of that graph: writing into
+        # them would invalidate it. Then the probe swaps .data to fresh tensors instead and
+        # never touches the originals; otherwise it writes in place and restores from a copy.
+        self.swap = any(g is not None and g.requires_grad for g in self.grads)
+        self.saved = [p.data if self.swap else p.detach().clone() for p in self.params]
         self.rng_after = capture_rng_state()
         return self
 
     def __exit__(self, *exc) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, self.saved)
+        self._restore_params()
         for p, g in zip(self.params, self.grads):
             p.grad = g
         restore_rng_state(self.rng_after)
@@ -108,26 +112,40 @@ class DisplacedGradients:
         params = self.params
         for p in params:  # the probe's backward writes fresh tensors; the originals stay intact
             p.grad = None
-        with torch.no_grad():
-            torch._foreach_copy_(params, self.saved)
-            torch._foreach_add_(params, [v.to(p.dtype) for v, p in zip(vector, params)],
-                                alpha=self.displacement)
+        self._displace(vector)
         restore_rng_state(self.rng_before)
         try:
             with torch.enable_grad(), frozen_module_buffers():
                 loss = self.closure()
             displaced = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, self.saved)
+            self._restore_params()
             for p, g in zip(params, self.grads):
                 p.grad = g
         self.count += 1
-        hvp = finite_difference_hvp_(displaced, self.main, self.displacement)
+        hvp = finite_difference_hvp_([d.detach() for d in displaced], self.main,
+                                     self.displacement)
         # One host sync per evaluation (probe steps only): a non-finite HN must not reach N.
         if not (_is_finite(loss) and _is_finite(norm(hvp))):
             raise NonFiniteProbe("the displaced loss or gradient is not finite")
         return hvp
+
+    def _displace(self, vector: list[torch.Tensor]) -> None:
+        step = [v.to(p.dtype) for v, p in zip(vector, self.params)]
+        with torch.no_grad():
+            if self.swap:
+                for p, origin, s in zip(self.params, self.saved, step):
+                    p.data = origin + self.displacement * s
+            else:  # the parameters hold the saved values: every hvp restores them
+                torch._foreach_add_(self.params, step, alpha=self.displacement)
+
+    def _restore_params(self) -> None:
+        with torch.no_grad():
+            if self.swap:
+                for p, origin in zip(self.params, self.saved):
+                    p.data = origin
+            else:
+                torch._foreach_copy_(self.params, self.saved)
 
 
 def _is_finite(value) -> bool:
