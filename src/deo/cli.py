@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -15,6 +16,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "this command runs its checks and benchmarks.")
     parser.add_argument("--version", action="version", version=f"deo {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = commands.add_parser(
+        "bench", help="compare DEO with the usual optimizers; writes results and a report",
+        description="Run a benchmark preset: every (task, optimizer, seed) run is appended to "
+                    "OUT/results.jsonl as it finishes, then OUT/report.md is written with "
+                    "tables and plots.")
+    bench.add_argument("--preset", default="quick", type=_preset,
+                       help="quick (default), paper-small, paper-complex, ablation-f, "
+                            "sweep-alpha, sweep-displacement, spikes")
+    bench.add_argument("--out", metavar="DIR", default="deo-bench",
+                       help="output folder (default: ./deo-bench)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--seeds", type=_at_least(1), default=None, metavar="N",
+                       help="seeds per run (default: the preset's)")
+    bench.add_argument("--data", metavar="PATH", default=None,
+                       help="text file for the language tasks (default: the pydoc topics text "
+                            "that ships with Python; tiny Shakespeare: "
+                            "shakespeare_char/input.txt)")
+    bench.add_argument("--resume", action="store_true",
+                       help="skip the runs already in OUT/results.jsonl")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     probe = commands.add_parser(
         "probe", help="compare each rotation rule's N with Lanczos ground truth",
         description="Train the character GPT with AdamW, fix a batch, compute its Hessian's "
@@ -54,12 +75,48 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "probe":
         return _probe(args)
     if args.command == "track":
         return _track(args)
     parser.print_help()
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("deo bench: error: --device cuda, but torch sees no CUDA device on this machine",
+              file=sys.stderr)
+        return 2
+    if args.data is not None and not Path(args.data).is_file():
+        print(f"deo bench: error: --data {args.data!r} is not a file", file=sys.stderr)
+        return 2
+    from .bench.presets import build_preset
+    from .bench.report import write_report
+    from .bench.runner import run_bench
+
+    preset = build_preset(args.preset, data=args.data)
+    try:
+        run_bench(preset.runs(args.seeds), args.out, preset=preset.name, device=args.device,
+                  resume=args.resume, progress=not args.no_progress)
+    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"deo bench: error: {err}", file=sys.stderr)
+        return 2
+    report = write_report(args.out, title=f"deo bench --preset {preset.name}")
+    print(f"deo bench: report written to {report}")
+    return 0
+
+
+def _preset(text: str) -> str:
+    from .bench.presets import PRESETS
+
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(f"expected one of {list(PRESETS)}, got {text!r}")
+    return text
 
 
 def _probe(args: argparse.Namespace) -> int:

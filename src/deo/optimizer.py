@@ -319,7 +319,7 @@ class DEO(Optimizer):
         sd["state"] = state
         sd["deo"] = {"steps": self.steps, "probe_count": self._probe_count,
                      "skipped_probes": self._skipped_probes, "stats": dict(self._stats),
-                     "rule_scalars": dict(self._rule_scalars), "settings": self._settings()}
+                     "rule_scalars": dict(self._rule_scalars), "settings": self.settings()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -354,7 +354,8 @@ class DEO(Optimizer):
         device = self._params()[0].device
         self._stats = {k: v.detach().clone().to(device) for k, v in saved["stats"].items()}
 
-    def _settings(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
+        """DEO's own settings (the base optimizer's are in ``param_groups``)."""
         return {"alpha": self.alpha, "interval": self.interval, "displacement": self.displacement,
                 "rotation_lr": self.rotation_lr, "rotation": self.rotation,
                 "probes_per_update": self.probes_per_update,
@@ -363,7 +364,7 @@ class DEO(Optimizer):
                 "scope": self.scope, "max_grad_norm": self.max_grad_norm}
 
     def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"DEO({settings},\n    base={self.base!r})"
 
 

@@ -1,0 +1,99 @@
+"""Optimizers by name, as configs and the report spell them.
+
+    sgd, adam, adamw, sophia, pgd          the baselines
+    deo-<base>                             DEO in the paper's mode (rotation "oja", its defaults)
+    deo-<base>-ritz                        DEO with the scale-free Ritz rotation
+    <name>:key=value,key=value             any of the above with DEO settings changed,
+                                           e.g. "deo-adamw:interval=5", "deo-adamw:alpha=1"
+
+Baselines come from torch.optim and the maintained pytorch-optimizer package (SophiaH);
+perturbed gradient descent is ours (pgd.py), since no maintained package has it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ..optimizer import DEO
+from .pgd import PerturbedGD
+
+BASES = ("sgd", "adam", "adamw", "sophia", "pgd")
+ROTATIONS = ("oja", "ritz")
+DEO_SETTINGS = ("alpha", "interval", "displacement", "rotation_lr", "probes_per_update",
+                "hessian_memory", "ritz_window", "seed")
+NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
+         *(f"deo-{b}-ritz" for b in BASES if b != "pgd"))
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str  # as given, options included
+    base: str
+    rotation: str | None  # None: not DEO
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_create_graph(self) -> bool:  # SophiaH estimates the Hessian from the grad graph
+        return self.base == "sophia"
+
+
+def parse_optimizer(name: str) -> OptimizerSpec:
+    """'deo-adamw-ritz:interval=5' -> OptimizerSpec(base='adamw', rotation='ritz', {...})."""
+    head, _, tail = name.partition(":")
+    if head not in NAMES:
+        raise ValueError(f"optimizer: unknown name {head!r}; expected one of {list(NAMES)}, "
+                         f"optionally followed by ':key=value,...' with keys {list(DEO_SETTINGS)}")
+    if head.startswith("deo-"):
+        base, _, rotation = head[4:].partition("-")
+        rotation = rotation or "oja"
+    else:
+        base, rotation = head, None
+    options = {}
+    for item in filter(None, tail.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in DEO_SETTINGS or rotation is None:
+            raise ValueError(f"optimizer {name!r}: options are key=value with keys "
+                             f"{list(DEO_SETTINGS)}, for DEO variants only")
+        options[key] = _number(value)
+    return OptimizerSpec(name, base, rotation, options)
+
+
+def build_optimizer(name: str, param_groups: list[dict[str, Any]], *, lr: float,
+                    base_overrides: dict[str, Any] | None = None,
+                    displacement: float | None = None,
+                    max_grad_norm: float | None = None) -> tuple[Optimizer, OptimizerSpec]:
+    """The optimizer ``name`` over ``param_groups``; DEO variants clip inside (max_grad_norm)."""
+    spec = parse_optimizer(name)
+    base_cls, base_kwargs = _base(spec.base, lr, base_overrides or {})
+    if spec.rotation is None:
+        return base_cls(param_groups, **base_kwargs), spec
+    settings = {"displacement": displacement, **spec.options}
+    return DEO(param_groups, base=base_cls, rotation=spec.rotation,
+               max_grad_norm=max_grad_norm, **settings, **base_kwargs), spec
+
+
+def _base(base: str, lr: float, overrides: dict[str, Any]) -> tuple[type[Optimizer], dict]:
+    if base == "sgd":
+        return torch.optim.SGD, {"lr": lr, "momentum": 0.9}
+    if base in ("adam", "adamw"):
+        kwargs = {"lr": lr, "betas": tuple(overrides.get("betas", (0.9, 0.99)))}
+        return (torch.optim.Adam if base == "adam" else torch.optim.AdamW), kwargs
+    if base == "sophia":
+        try:
+            from pytorch_optimizer import SophiaH
+        except ImportError as err:
+            raise ImportError('optimizer "sophia" needs pytorch-optimizer: '
+                              'pip install "deo[bench]"') from err
+        return SophiaH, {"lr": lr, "betas": (0.965, 0.99), "update_period": 10}
+    return PerturbedGD, {"lr": lr}
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)

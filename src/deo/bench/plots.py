@@ -1,0 +1,148 @@
+"""Figures for the benchmark report: one function per plot kind, each returning a Figure.
+
+Matplotlib is imported lazily, and only its object-oriented API is used (a Figure on an Agg
+canvas, never pyplot), so drawing a report does not change the caller's matplotlib backend.
+Each function takes the runs of one task grouped by optimizer (``{name: [record, ...]}``, in
+the order the report lists them) and a colour per optimizer, so that one optimizer has the
+same colour in every plot of the report.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .task import SPIKE_FACTOR, SPIKE_WINDOW
+
+Run = dict[str, Any]
+Series = Iterable[Sequence[float]]  # [(step, value), ...]
+
+INSTALL_HINT = 'the benchmark report draws its plots with matplotlib: pip install "deo[bench]"'
+
+
+def require_matplotlib() -> None:
+    """Raise ImportError with the install command when matplotlib is missing."""
+    _figure_classes()
+
+
+def spike_points(train_loss: Sequence[Sequence[float]], factor: float = SPIKE_FACTOR,
+                 window: int = SPIKE_WINDOW) -> list[tuple[float, float]]:
+    """(step, loss) of each recorded loss >= factor x the mean of the ``window`` before it.
+
+    The same rule as ``task.count_spikes``, applied to the recorded series; on long runs the
+    runner records every k-th step only, so the markers can differ from the record's count.
+    """
+    losses = [loss for _, loss in train_loss]
+    points, running = [], sum(losses[:window])
+    for i in range(window, len(losses)):
+        if losses[i] >= factor * running / window:
+            points.append((train_loss[i][0], losses[i]))
+        running += losses[i] - losses[i - window]
+    return points
+
+
+def plot_loss_curves(runs_by_optimizer: Mapping[str, Sequence[Run]],
+                     colors: Mapping[str, str]) -> Any:
+    """Train loss (with spike markers) and eval loss against step, mean and min..max band."""
+    figure, (train_axes, eval_axes) = _new_figure(columns=2)
+    for name, runs in runs_by_optimizer.items():
+        color = colors[name]
+        _draw_band(train_axes, [run["train_loss"] for run in runs], name, color)
+        spikes = [point for run in runs for point in spike_points(run["train_loss"])]
+        if spikes:
+            steps, losses = zip(*spikes)
+            train_axes.scatter(steps, losses, marker="x", s=36, color=color, zorder=3)
+        evals = [[(e["step"], e["loss"]) for e in run["evals"] if "loss" in e] for run in runs]
+        _draw_band(eval_axes, evals, name, color)
+    _finish(train_axes, "train loss (x: spike)", "loss")
+    _finish(eval_axes, "eval loss", "loss")
+    return figure
+
+
+def plot_curvature(runs_by_optimizer: Mapping[str, Sequence[Run]],
+                   colors: Mapping[str, str]) -> Any:
+    """Curvature along DEO's direction N against step, one band per DEO variant."""
+    figure, (axes,) = _new_figure(columns=1)
+    axes.axhline(0.0, color="0.5", linewidth=0.8)
+    for name, runs in runs_by_optimizer.items():
+        series = [[(e["step"], e["curvature"]) for e in run["deo"]] for run in runs]
+        _draw_band(axes, series, name, colors[name])
+    _finish(axes, "curvature along N (< 0: negative curvature)", "N . HN")
+    return figure
+
+
+def plot_escape_steps(escape_steps: Mapping[str, Sequence[int | None]],
+                      colors: Mapping[str, str]) -> Any:
+    """Bars of the mean escape step (error bar: std, dots: seeds), labelled 'k/n escaped'."""
+    figure, (axes,) = _new_figure(columns=1, bottom_inches=0.8)  # room for rotated names
+    names = list(escape_steps)
+    for position, name in enumerate(names):
+        steps = [s for s in escape_steps[name] if s is not None]
+        top = 0.0
+        if steps:
+            mean = statistics.fmean(steps)
+            std = statistics.stdev(steps) if len(steps) > 1 else None
+            axes.bar(position, mean, yerr=std, capsize=4, color=colors[name], alpha=0.7)
+            axes.scatter([position] * len(steps), steps, color="black", s=12, zorder=3)
+            top = max(steps)
+        label = f"{len(steps)}/{len(escape_steps[name])} escaped"
+        axes.annotate(label, (position, top), xytext=(0, 4), textcoords="offset points",
+                      ha="center", va="bottom", fontsize=8)
+    axes.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    axes.set_xlim(-0.6, len(names) - 0.4)  # room for a label where no bar was drawn
+    axes.set_ylabel("escape step (lower is better)")
+    axes.set_title("first step below the escape threshold")
+    axes.margins(y=0.2)
+    return figure
+
+
+def _draw_band(axes: Any, series: Series, label: str, color: str) -> None:
+    """Mean line and min..max band over seeds; non-finite values are left out."""
+    by_step: dict[float, list[float]] = {}
+    for one_run in series:
+        for step, value in one_run:
+            if value is not None and math.isfinite(value):
+                by_step.setdefault(step, []).append(value)
+    if not by_step:
+        return
+    steps = sorted(by_step)
+    axes.plot(steps, [statistics.fmean(by_step[s]) for s in steps], color=color, label=label,
+              linewidth=1.2)
+    axes.fill_between(steps, [min(by_step[s]) for s in steps],
+                      [max(by_step[s]) for s in steps], color=color, alpha=0.2, linewidth=0)
+
+
+def _finish(axes: Any, title: str, ylabel: str) -> None:
+    """Titles, legend, and a log scale for positive data spanning more than a decade."""
+    axes.set_title(title)
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    if not axes.has_data():
+        axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+        return
+    low, high = axes.dataLim.y0, axes.dataLim.y1
+    if low > 0 and high / low > 10:
+        axes.set_yscale("log")
+    axes.legend(fontsize=8)
+
+
+def _new_figure(columns: int, bottom_inches: float = 0.55) -> tuple[Any, list[Any]]:
+    """A row of ``columns`` axes with fixed margins (a layout engine would double the cost)."""
+    figure_class, canvas_class = _figure_classes()
+    width, height = 5.2 * columns, 3.8
+    figure = figure_class(figsize=(width, height), dpi=100)
+    canvas_class(figure)
+    figure.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, wspace=0.3,
+                           bottom=bottom_inches / height, top=1 - 0.35 / height)
+    return figure, list(figure.subplots(1, columns, squeeze=False)[0])
+
+
+def _figure_classes() -> tuple[type, type]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(INSTALL_HINT) from err
+    return Figure, FigureCanvasAgg

@@ -1,0 +1,354 @@
+"""The benchmark report: DIR/results.jsonl in, DIR/report.md and DIR/plots/*.png out.
+
+    records = load_records("runs/results.jsonl")
+    write_report("runs")                # -> runs/report.md, runs/plots/<task>-*.png
+
+Per task, in the order tasks first appear in the file: a table with one row per optimizer
+(mean ± sample standard deviation over seeds), a verdict for every DEO variant against its base
+optimizer, plots, and the runs that failed. A summary at the top repeats every verdict, losses
+included, and every failed run.
+
+The verdict's metric is the final eval "loss" (lower is better); on saddle tasks it is the
+escape step (lower is better, a run that never escapes is worst). A run counts when it has the
+metric: it finished (status "ok") with a finite loss, or, on a saddle task, it escaped.
+
+  1. If the two optimizers' shares of runs that count differ, the larger share wins.
+  2. Otherwise, when no run counts on either side, they tie.
+  3. Otherwise the variant beats (loses to) its base when its mean is lower (higher) by more
+     than max(std_variant + std_base, 1% of |mean_base|), where a one-seed side's std counts
+     as 0 (so with one seed each the rule is a relative difference above 1%); else they tie.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import plots
+
+RESULTS_FILE = "results.jsonl"  # what the runner appends to (runner.RESULTS)
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+RELATIVE_FLOOR = 0.01  # a difference within 1% of the base's mean is a tie
+DEO_PREFIX = "deo-"
+ROTATION_SUFFIXES = ("-ritz", "-oja")
+MIB = 2**20
+
+Run = dict[str, Any]
+RunsByOptimizer = dict[str, list[Run]]
+
+
+class Records(list):
+    """Run records as loaded, plus the numbers of the torn lines the loader skipped."""
+
+    def __init__(self, records: Iterable[Run] = (), skipped_lines: Sequence[int] = ()):
+        super().__init__(records)
+        self.skipped_lines = list(skipped_lines)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation of one quantity over seeds (std None for n=1)."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def __str__(self) -> str:
+        if self.std is None:
+            return f"{_number(self.mean)} (n=1)"
+        return f"{_number(self.mean)} ± {_number(self.std)}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A DEO variant against its base optimizer on one task."""
+
+    task: str
+    variant: str
+    base: str
+    outcome: str  # "beats", "ties", "loses" or "not compared"
+    detail: str
+
+    @property
+    def line(self) -> str:
+        return f"- {self.task}: {self.variant} vs {self.base}: **{self.outcome}** ({self.detail})"
+
+
+def base_of(name: str) -> str | None:
+    """The base optimizer of a DEO variant ("deo-adamw-ritz" -> "adamw"); None if not DEO."""
+    head = name.partition(":")[0]  # "deo-adamw:interval=5" carries options after the colon
+    if not head.startswith(DEO_PREFIX):
+        return None
+    base = head[len(DEO_PREFIX):]
+    for suffix in ROTATION_SUFFIXES:
+        base = base.removesuffix(suffix)
+    return base or None
+
+
+def load_records(path: str | Path) -> Records:
+    """The records of a results.jsonl, in file order.
+
+    A line that is not valid JSON is a record torn by a bench killed mid-write: it is skipped
+    and its line number kept in ``skipped_lines``. Usually it is the last line, but after
+    ``deo bench --resume`` the runner appends below it, as its own ``finished_keys`` expects.
+    Valid JSON that is not a run record raises ValueError. A key that appears twice keeps its
+    later record, at the position of its first appearance.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path}: run `deo bench` first "
+                                f"(it appends one line per finished run to {RESULTS_FILE})")
+    lines = [(number, line) for number, line in
+             enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
+    by_key, skipped = {}, []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            skipped.append(number)
+            continue
+        if not isinstance(record, dict) or not {"task", "optimizer", "seed"} <= record.keys():
+            raise ValueError(f"{path}:{number}: not a run record (needs task, optimizer, seed)")
+        by_key[record.get("key") or f"{record['task']}|{record['optimizer']}|{record['seed']}"] \
+            = record
+    return Records(by_key.values(), skipped)
+
+
+def write_report(out_dir: str | Path, records: Iterable[Run] | None = None,
+                 title: str = "DEO benchmark report") -> Path:
+    """Write out_dir/report.md and its plots; records default to out_dir/results.jsonl.
+
+    Every file is written to a temporary name and renamed into place, the plots first and
+    the report last, so a crash never leaves a half-written file behind.
+    """
+    out_dir = Path(out_dir)
+    records = load_records(out_dir / RESULTS_FILE) if records is None else list(records)
+    plots.require_matplotlib()
+    plot_dir = out_dir / PLOTS_DIR
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    sections, verdicts, failures = [], [], []
+    for task, runs in group_runs(records).items():
+        saddle = is_saddle_task(runs)
+        task_verdicts = [judge(task, name, base_of(name), runs, saddle)
+                         for name in runs if base_of(name) is not None]
+        images = draw_task_plots(task, runs, saddle, plot_dir)
+        sections += task_section(task, runs, saddle, task_verdicts, images)
+        verdicts += task_verdicts
+        failures += [f"- {task}: {line[2:]}" for line in failed_runs(runs)]
+    skipped = getattr(records, "skipped_lines", [])
+    text = "\n".join([*header(title, records, skipped), *summary(verdicts, failures),
+                      *sections])
+    report_path = out_dir / REPORT_FILE
+    write_atomically(report_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return report_path
+
+
+def group_runs(records: Sequence[Run]) -> dict[str, RunsByOptimizer]:
+    """{task: {optimizer: [runs by seed]}}: tasks and optimizers in first-appearance order."""
+    optimizer_order = list(dict.fromkeys(record["optimizer"] for record in records))
+    tasks: dict[str, RunsByOptimizer] = {}
+    for record in records:
+        tasks.setdefault(record["task"], {}).setdefault(record["optimizer"], []).append(record)
+    return {task: {name: sorted(by_name[name], key=lambda run: run["seed"])
+                   for name in optimizer_order if name in by_name}
+            for task, by_name in tasks.items()}
+
+
+def is_saddle_task(runs: RunsByOptimizer) -> bool:
+    """A task with an escape threshold in its config, or a run that recorded an escape."""
+    def threshold(config: Mapping[str, Any]) -> Any:
+        return config.get("escape_threshold", (config.get("task") or {}).get("escape_threshold"))
+    return any(run.get("escape_step") is not None or threshold(run.get("config") or {})
+               is not None for group in runs.values() for run in group)
+
+
+def spread(values: Sequence[float]) -> Spread | None:
+    """Mean and sample std of ``values``; None when there are none."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Spread(statistics.fmean(values), std, len(values))
+
+
+def judge(task: str, variant: str, base: str, runs: RunsByOptimizer, saddle: bool) -> Verdict:
+    """The verdict of ``variant`` against ``base`` on one task (rule: module docstring)."""
+    if base not in runs:
+        return Verdict(task, variant, base, "not compared", f"no {base} runs on this task")
+    metric, label, counted = ((escape_steps, "escape step", "escaped") if saddle
+                              else (final_values, "final loss", "finished"))
+    ours, theirs = metric(runs[variant]), metric(runs[base])
+    n_ours, n_theirs = len(runs[variant]), len(runs[base])
+    ours_spread, theirs_spread = spread(ours), spread(theirs)
+    numbers = f"{label} {_cell(ours_spread)} vs {_cell(theirs_spread)}"
+    counts = f"{counted} {len(ours)}/{n_ours} vs {len(theirs)}/{n_theirs}"
+    share_difference = len(ours) * n_theirs - len(theirs) * n_ours  # compares the fractions
+    if share_difference != 0:
+        outcome = "beats" if share_difference > 0 else "loses"
+        return Verdict(task, variant, base, outcome, f"{counts}; {numbers}")
+    if ours_spread is None or theirs_spread is None:
+        return Verdict(task, variant, base, "ties", f"{counts}; no {label} on either side")
+    difference = ours_spread.mean - theirs_spread.mean
+    threshold = max((ours_spread.std or 0.0) + (theirs_spread.std or 0.0),
+                    RELATIVE_FLOOR * abs(theirs_spread.mean))
+    outcome = "ties" if abs(difference) <= threshold else "beats" if difference < 0 else "loses"
+    detail = (f"{numbers}; difference {difference:+.4g}, threshold {threshold:.4g} "
+              f"(std sum or 1% of base, the larger); {counts}")
+    return Verdict(task, variant, base, outcome, detail)
+
+
+def final_values(runs: Sequence[Run], key: str = "loss") -> list[float]:
+    """final[key] of the runs that finished ("ok") with a finite value."""
+    values = [run.get("final", {}).get(key) for run in runs if run.get("status") == "ok"]
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def escape_steps(runs: Sequence[Run]) -> list[int]:
+    """Escape steps of the runs that escaped, whatever their status."""
+    return [run["escape_step"] for run in runs if run.get("escape_step") is not None]
+
+
+def ok_values(runs: Sequence[Run], key: str, scale: float = 1.0) -> list[float]:
+    """A top-level number of the runs that finished ("ok"), divided by ``scale``."""
+    return [run[key] / scale for run in runs if run.get("status") == "ok" and key in run]
+
+
+def results_table(runs: RunsByOptimizer, saddle: bool) -> list[str]:
+    """The markdown table: one row per optimizer, mean ± std over its finished seeds."""
+    has_accuracy = any(final_values(group, "accuracy") for group in runs.values())
+    columns: list[tuple[str, Callable[[list[Run]], str]]] = [
+        ("seeds", _seeds_cell),
+        ("final loss", lambda g: _cell(spread(final_values(g)))),
+        *([("accuracy", lambda g: _cell(spread(final_values(g, "accuracy"))))]
+          if has_accuracy else []),
+        ("train loss", lambda g: _cell(spread(final_values(g, "train_loss")))),
+        *([("escape step", _escape_cell)] if saddle else []),
+        ("spikes", lambda g: _cell(spread(ok_values(g, "spikes")))),
+        ("s/step", lambda g: _cell(spread(ok_values(g, "seconds_per_step")))),
+        ("grad evals", lambda g: _cell(spread(ok_values(g, "gradient_evaluations")))),
+        ("peak MiB", lambda g: _cell(spread(ok_values(g, "peak_memory_bytes", MIB)))),
+    ]
+    lines = ["| optimizer | " + " | ".join(name for name, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, group in runs.items():
+        lines.append(f"| {name} | " + " | ".join(cell(group) for _, cell in columns) + " |")
+    return lines
+
+
+def failed_runs(runs: RunsByOptimizer) -> list[str]:
+    """One markdown line per run whose status is not "ok"."""
+    lines = []
+    for name, group in runs.items():
+        for run in group:
+            if run.get("status") != "ok":
+                last = run["train_loss"][-1] if run.get("train_loss") else None
+                where = f", last recorded step {last[0]} (loss {last[1]})" if last else ""
+                lines.append(f"- {name} seed {run['seed']}: {run.get('status')}{where}")
+    return lines
+
+
+def draw_task_plots(task: str, runs: RunsByOptimizer, saddle: bool,
+                    plot_dir: Path) -> list[tuple[str, str]]:
+    """Save the task's plots into plot_dir; (caption, path relative to the report) each."""
+    colors = {name: f"C{index % 10}" for index, name in enumerate(runs)}
+    deo_runs = {name: group for name, group in runs.items()
+                if base_of(name) is not None and any(run.get("deo") for run in group)}
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
+    figures: list[tuple[str, str, Callable[[], Any]]] = [
+        ("loss curves (line: mean over seeds, band: min..max)", f"{stem}-loss.png",
+         lambda: plots.plot_loss_curves(runs, colors))]
+    if deo_runs:
+        figures.append(("curvature along N for the DEO variants", f"{stem}-curvature.png",
+                        lambda: plots.plot_curvature(deo_runs, colors)))
+    if saddle:
+        steps = {name: [run.get("escape_step") for run in group] for name, group in runs.items()}
+        figures.append(("escape step per optimizer", f"{stem}-escape.png",
+                        lambda: plots.plot_escape_steps(steps, colors)))
+    images = []
+    for caption, file_name, draw in figures:
+        figure = draw()
+        write_atomically(plot_dir / file_name,
+                         lambda temporary, figure=figure: figure.savefig(temporary, format="png"))
+        images.append((caption, f"{PLOTS_DIR}/{file_name}"))
+    return images
+
+
+def task_section(task: str, runs: RunsByOptimizer, saddle: bool, verdicts: Sequence[Verdict],
+                 images: Sequence[tuple[str, str]]) -> list[str]:
+    """The markdown of one task: results table, verdicts, plots, failed runs."""
+    metric = ("saddle task: the main metric is the escape step (lower is better; never "
+              "escaping is worst)" if saddle else "main metric: final eval loss (lower is better)")
+    lines = [f"## {task}", "", f"{sum(map(len, runs.values()))} runs; {metric}.", "",
+             "### Results", "", *results_table(runs, saddle), "", "### Verdicts", ""]
+    lines += [v.line for v in verdicts] or ["- no DEO variant on this task"]
+    lines += ["", "### Plots", ""]
+    for caption, path in images:
+        lines += [f"![{task}: {caption}]({path})", ""]
+    lines += ["### Failed runs", "", *(failed_runs(runs) or ["- none"]), ""]
+    return lines
+
+
+def header(title: str, records: Sequence[Run], skipped_lines: Sequence[int]) -> list[str]:
+    """Title and one paragraph on what the numbers are."""
+    tasks = len({record["task"] for record in records})
+    lines = [f"# {title}", "",
+             f"{len(records)} runs on {tasks} tasks. Numbers are mean ± sample standard "
+             "deviation over the seeds that finished; one seed shows (n=1).", ""]
+    if skipped_lines:
+        numbers = ", ".join(map(str, skipped_lines))
+        lines += [f"Skipped {len(skipped_lines)} torn line(s) of {RESULTS_FILE} (line {numbers}), "
+                  "left by an interrupted bench.", ""]
+    return lines
+
+
+def summary(verdicts: Sequence[Verdict], failures: Sequence[str]) -> list[str]:
+    """Every verdict and every failed run, before the per-task details."""
+    counts = ", ".join(f"{sum(v.outcome == o for v in verdicts)} {o}"
+                       for o in ("beats", "ties", "loses", "not compared"))
+    rule = ("A DEO variant beats or loses to its base when more of its runs count (finished; "
+            "saddle tasks: escaped), or, with equal shares, when the means differ by more than "
+            "max(std_variant + std_base, 1% of the base's mean); otherwise they tie.")
+    return ["## Summary", "", rule, "", f"Verdicts: {counts}.", "",
+            *([v.line for v in verdicts] or ["- no DEO variant was run"]), "",
+            f"Failed runs: {len(failures)}.", "", *failures, *([""] if failures else [])]
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Let ``write`` fill a temporary file beside ``path``, then rename it onto ``path``."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _cell(value: Spread | None) -> str:
+    return "—" if value is None else str(value)
+
+
+def _seeds_cell(group: Sequence[Run]) -> str:
+    finished = sum(run.get("status") == "ok" for run in group)
+    return str(len(group)) if finished == len(group) else f"{finished} of {len(group)} ok"
+
+
+def _escape_cell(group: Sequence[Run]) -> str:
+    steps = escape_steps(group)
+    prefix = f"{spread(steps)}, " if steps else ""
+    return f"{prefix}{len(steps)}/{len(group)} escaped"
+
+
+def _number(value: float) -> str:
+    """4 significant digits; whole numbers below a million as integers (300, not 300.0)."""
+    if not math.isfinite(value) or abs(value) >= 1e6:
+        return f"{value:.4g}"
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"

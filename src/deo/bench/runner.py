@@ -1,0 +1,182 @@
+"""Run (task, optimizer, seed) combinations and append one record per finished run.
+
+Every run goes through ``run_one``: the same loop, the same closure, for every optimizer.
+``run_bench`` appends each finished run to ``results.jsonl`` (flushed and fsynced), so an
+interrupted bench keeps every finished run and ``resume=True`` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from ..optimizer import DEO
+from .optimizers import build_optimizer
+from .task import RunRecord, Task, count_spikes, run_key
+
+RESULTS = "results.jsonl"
+
+
+def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: str = "cpu",
+            progress: bool = True) -> RunRecord:
+    """Train ``task`` with ``optimizer`` from ``seed``; never raises on divergence."""
+    device = torch.device(device)
+    task.setup(seed, device)
+    opt, spec = build_optimizer(optimizer, task.param_groups(), lr=task.lr,
+                                base_overrides=getattr(task, "base_overrides", None),
+                                displacement=task.deo_displacement,
+                                max_grad_norm=task.max_grad_norm)
+    record = RunRecord(task.name, optimizer, seed, preset,
+                       {"task": task.config(), "optimizer": _describe(opt)})
+    params = [p for g in opt.param_groups for p in g["params"]]
+    scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
+    record_every = max(1, task.steps // 2000)
+    losses: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    bar = _progress(task.steps, f"{task.name} {optimizer} s{seed}", progress)
+    for step in range(task.steps):
+        for group, scale in zip(opt.param_groups, scales):
+            group["lr"] = task.lr_at(step) * scale
+        loss_fn = task.loss_fn(step)
+
+        def closure(loss_fn=loss_fn):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            loss.backward(create_graph=spec.needs_create_graph)
+            return loss
+
+        with warnings.catch_warnings():  # SophiaH's create_graph: grads are reset every step
+            warnings.filterwarnings("ignore", message="Using backward.. with create_graph=True")
+            if isinstance(opt, DEO):  # DEO clips inside, after its finite difference
+                loss = opt.step(closure)
+            else:
+                loss = closure()
+                if task.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, task.max_grad_norm)
+                opt.step()
+        value = float(loss.detach())
+        losses.append(value)
+        if step % record_every == 0:
+            record.train_loss.append([step, value])
+        if record.escape_step is None and task.escape_threshold is not None \
+                and value < task.escape_threshold:
+            record.escape_step = step
+        if not math.isfinite(value):
+            record.status = "diverged"
+            break
+        if (step + 1) % task.eval_every == 0 or step + 1 == task.steps:
+            _evaluate(task, opt, step + 1, record)
+        bar.update(1)
+    bar.close()
+    record.wall_time = time.perf_counter() - started
+    record.seconds_per_step = record.wall_time / max(1, len(losses))
+    record.spikes = count_spikes(losses)
+    record.gradient_evaluations = len(losses) + (
+        int(opt.stats["probe_count"]) if isinstance(opt, DEO) else 0)
+    record.peak_memory_bytes = _peak_memory(device)
+    tail = losses[-max(1, len(losses) // 10):]
+    record.final = {**(record.evals[-1] if record.evals else {}),
+                    "train_loss": sum(tail) / len(tail)}
+    record.final.pop("step", None)
+    return record
+
+
+def _evaluate(task: Task, opt, step: int, record: RunRecord) -> None:
+    record.evals.append({"step": step, **task.evaluate()})
+    if isinstance(opt, DEO):
+        stats = opt.stats
+        record.deo.append({"step": step, **{k: float(stats[k]) for k in
+                                            ("curvature", "angle", "grad_share",
+                                             "probe_count")}})
+
+
+def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str | Path, *,
+              preset: str = "", device: str = "cpu", resume: bool = False,
+              progress: bool = True) -> list[dict]:
+    """Run each (task factory, optimizer, seed) not yet in out_dir/results.jsonl."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS
+    done = finished_keys(path)
+    if done and not resume:
+        raise FileExistsError(f"{path} already holds {len(done)} finished runs; pass --resume "
+                              f"to skip them and run the rest, or choose another --out")
+    records = []
+    for make_task, optimizer, seed in runs:
+        task = make_task()
+        if run_key(task.name, optimizer, seed) in done:
+            continue
+        record = run_one(task, optimizer, seed, preset=preset, device=device,
+                         progress=progress).to_json()
+        append_record(path, record)
+        records.append(record)
+    return records
+
+
+def finished_keys(path: Path) -> set[str]:
+    """Keys of the complete records in ``path`` (a torn last line is ignored)."""
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text().splitlines():
+        try:
+            keys.add(json.loads(line)["key"])
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return keys
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append one JSON line, flushed and fsynced: a crash later cannot take it back."""
+    with path.open("a+b") as sink:
+        sink.seek(0, os.SEEK_END)
+        if sink.tell() > 0:
+            sink.seek(-1, os.SEEK_END)
+            if sink.read(1) != b"\n":  # a torn line from a killed run stays on its own line
+                sink.write(b"\n")
+        sink.write((json.dumps(record) + "\n").encode())
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def _describe(opt) -> dict:
+    if isinstance(opt, DEO):
+        return {"class": "DEO", "base": type(opt.base).__name__, **opt.settings()}
+    return {"class": type(opt).__name__}
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    # CPU: the process's peak resident set (ru_maxrss is KiB on Linux, bytes on macOS)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _progress(total: int, description: str, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are a nicety; the bench runs without them
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

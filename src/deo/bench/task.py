@@ -1,0 +1,117 @@
+"""What every benchmark task provides, and what one run of it records.
+
+A task owns its model, its data and its schedule; the runner (runner.py) owns the optimizer
+and the loop, so every optimizer meets every task through the same code path:
+
+    task.setup(seed, device)
+    opt = build_optimizer(name, task.param_groups(), lr=task.lr, ...)
+    for step in range(task.steps):
+        lr = task.lr_at(step)               # written into every param group (times its scale)
+        loss_fn = task.loss_fn(step)        # the SAME batch every time it is called
+        closure: zero_grad, loss_fn(), backward, return loss
+        opt.step(closure)                   # DEO calls it twice on probe steps
+        every task.eval_every steps: task.evaluate() -> {"metric": float, ...}
+
+One run's record, one line of results.jsonl (RunRecord.to_json):
+
+    key          "task|optimizer|seed", what --resume skips
+    task, optimizer, seed, preset
+    config       the task's and the optimizer's settings (plain JSON)
+    train_loss   [[step, loss], ...] every ``record_every`` steps (all steps for short runs)
+    evals        [{"step": s, **metrics}, ...]; metrics include "loss" (the task's main
+                 loss on held-out data, or the objective for saddle problems)
+    deo          [{"step": s, "curvature", "angle", "grad_share", "probe_count"}, ...] or []
+    final        {**last evaluation's metrics, "train_loss": mean of the last 10% of steps}
+    escape_step  first step whose loss fell below task.escape_threshold, or None
+    spikes       count of steps with loss >= 2x the mean of the previous 100 steps
+    status       "ok" or "diverged" (non-finite loss; the run stops there)
+    wall_time, seconds_per_step, peak_memory_bytes, gradient_evaluations
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+SPIKE_FACTOR = 2.0  # a spike: loss >= SPIKE_FACTOR x the mean of the previous SPIKE_WINDOW
+SPIKE_WINDOW = 100
+
+
+class Task:
+    """Base class: subclasses set the attributes and implement the four methods."""
+
+    name: str = "task"
+    steps: int = 100
+    eval_every: int = 10
+    lr: float = 1e-3
+    max_grad_norm: float | None = None
+    escape_threshold: float | None = None  # saddle tasks: "escaped" once loss < this
+    deo_displacement: float | None = None  # None: DEO's default, 10 x lr
+
+    def setup(self, seed: int, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def loss_fn(self, step: int) -> Callable[[], torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def lr_at(self, step: int) -> float:
+        return self.lr
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if _is_plain(v)}
+
+
+@dataclass
+class RunRecord:
+    task: str
+    optimizer: str
+    seed: int
+    preset: str
+    config: dict[str, Any]
+    train_loss: list[list[float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    deo: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    escape_step: int | None = None
+    spikes: int = 0
+    status: str = "ok"
+    wall_time: float = 0.0
+    seconds_per_step: float = 0.0
+    peak_memory_bytes: int = 0
+    gradient_evaluations: int = 0
+
+    @property
+    def key(self) -> str:
+        return run_key(self.task, self.optimizer, self.seed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, **asdict(self)}
+
+
+def run_key(task: str, optimizer: str, seed: int) -> str:
+    return f"{task}|{optimizer}|{seed}"
+
+
+def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR,
+                 window: int = SPIKE_WINDOW) -> int:
+    """Steps whose loss is >= factor x the mean of the previous ``window`` losses."""
+    spikes, running = 0, sum(losses[:window])
+    for i in range(window, len(losses)):
+        if losses[i] >= factor * running / window:
+            spikes += 1
+        running += losses[i] - losses[i - window]
+    return spikes
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None))) or (
+        isinstance(value, (list, tuple)) and all(_is_plain(v) for v in value))

@@ -1,0 +1,279 @@
+"""deo.bench.report: tables, verdicts, plots and robustness, on synthetic run records."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from deo.bench import plots, report  # noqa: E402
+from deo.bench.task import count_spikes  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SADDLE_THRESHOLD = -1.0
+
+# final eval loss per (optimizer, seed) on a language-model task, and escape step on a saddle
+# task (None: never escaped); the verdicts these give are worked out in the tests below
+GPT_LOSSES = {"adamw": [1.60, 1.62], "deo-adamw": [1.50, 1.52], "deo-adamw-ritz": [1.60, 1.64]}
+SADDLE_ESCAPES = {"adamw": [100, 110], "deo-adamw": [200, 220], "deo-adamw-ritz": [40, None]}
+
+
+def make_record(task: str, optimizer: str, seed: int, final_loss: float, *,
+                escape_step: int | None = None, escape_threshold: float | None = None,
+                status: str = "ok", accuracy: float | None = None, steps: int = 300,
+                spike_at: int | None = None) -> dict:
+    """One results.jsonl record with the schema of task.RunRecord.to_json."""
+    train_loss = [[s, final_loss + 2.0 / (1.0 + s / 20.0) + 0.01 * seed] for s in range(steps)]
+    if spike_at is not None:
+        train_loss[spike_at][1] *= 5.0
+    if status != "ok":
+        train_loss[-1][1] = float("nan")
+    evals = [{"step": s, "loss": final_loss + 1.0 / (1.0 + s / 50.0)} for s in (100, 200)]
+    evals.append({"step": steps, "loss": final_loss})
+    final = {"loss": final_loss, "train_loss": final_loss + 0.1}
+    if accuracy is not None:
+        final["accuracy"] = accuracy
+    deo = ([{"step": s, "curvature": -1.0 + s / steps + 0.1 * seed, "angle": 0.5,
+             "grad_share": 0.1, "probe_count": s // 10} for s in (100, 200, steps)]
+           if optimizer.startswith("deo-") else [])
+    task_config = {"steps": steps}
+    if escape_threshold is not None:
+        task_config["escape_threshold"] = escape_threshold
+    return {"key": f"{task}|{optimizer}|{seed}", "task": task, "optimizer": optimizer,
+            "seed": seed, "preset": "test", "config": {"task": task_config, "optimizer": {}},
+            "train_loss": train_loss, "evals": evals, "deo": deo, "final": final,
+            "escape_step": escape_step, "spikes": 0 if spike_at is None else 1,
+            "status": status, "wall_time": 1.5, "seconds_per_step": 0.005,
+            "peak_memory_bytes": 3 * 2**20, "gradient_evaluations": steps}
+
+
+def two_task_records() -> list[dict]:
+    records = [make_record("gpt-small", name, seed, loss, accuracy=0.5 + seed / 10,
+                           spike_at=250 if name == "adamw" else None)
+               for name, losses in GPT_LOSSES.items() for seed, loss in enumerate(losses)]
+    records += [make_record("saddle-xy", name, seed, -2.0, escape_step=step,
+                            escape_threshold=SADDLE_THRESHOLD)
+                for name, escapes in SADDLE_ESCAPES.items() for seed, step in enumerate(escapes)]
+    return records
+
+
+def write_results(directory: Path, records: list[dict], torn_tail: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / report.RESULTS_FILE
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + torn_tail)
+    return path
+
+
+def section(markdown: str, title: str) -> str:
+    """The text of the '## title' section, up to the next '## ' heading."""
+    start = markdown.index(f"\n## {title}\n")
+    end = markdown.find("\n## ", start + 1)
+    return markdown[start:] if end < 0 else markdown[start:end]
+
+
+def table_row(text: str, optimizer: str) -> dict[str, str]:
+    """The results-table row of ``optimizer`` as {column: cell}."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| optimizer |"))
+    columns = [c.strip() for c in lines[head].strip("|").split("|")]
+    row = next(line for line in lines[head:] if line.startswith(f"| {optimizer} |"))
+    return dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.4g}"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    write_results(out, two_task_records())
+    path = report.write_report(out)
+    return out, path.read_text(encoding="utf-8")
+
+
+def test_base_of_names_the_base_optimizer_of_deo_variants_only():
+    assert report.base_of("deo-adamw") == "adamw"
+    assert report.base_of("deo-adamw-ritz") == "adamw"
+    assert report.base_of("deo-sgd-oja") == "sgd"
+    assert report.base_of("deo-adamw:interval=5") == "adamw"
+    assert report.base_of("adamw") is None and report.base_of("pgd") is None
+
+
+def test_table_has_a_row_per_optimizer_with_mean_and_std_over_seeds(built):
+    out, markdown = built
+    assert (out / "report.md").is_file()
+    gpt = section(markdown, "gpt-small")
+    for name, losses in GPT_LOSSES.items():
+        row = table_row(gpt, name)
+        assert row["seeds"] == "2"
+        assert row["final loss"] == mean_std(losses)
+        assert row["train loss"] == mean_std([x + 0.1 for x in losses])
+        assert row["accuracy"] == mean_std([0.5, 0.6])
+        assert row["peak MiB"] == "3 ± 0"
+    assert "escape step" not in table_row(gpt, "adamw")
+
+
+def test_tasks_and_optimizers_keep_first_appearance_order(built):
+    _, markdown = built
+    assert markdown.index("## gpt-small") < markdown.index("## saddle-xy")
+    gpt = section(markdown, "gpt-small")
+    rows = [gpt.index(f"| {name} |") for name in GPT_LOSSES]
+    assert rows == sorted(rows)
+
+
+def test_grouping_is_first_appearance_not_alphabetical():
+    records = [make_record(task, name, seed, 1.0) for task in ("lstm", "deep-linear")
+               for name in ("sgd", "deo-adamw", "adamw") for seed in (1, 0)]
+    groups = report.group_runs(records)
+    assert list(groups) == ["lstm", "deep-linear"]
+    assert list(groups["lstm"]) == ["sgd", "deo-adamw", "adamw"]
+    assert [run["seed"] for run in groups["lstm"]["sgd"]] == [0, 1]
+
+
+def test_verdicts_beats_ties_and_loses_with_their_numbers(built):
+    _, markdown = built
+    gpt, saddle = section(markdown, "gpt-small"), section(markdown, "saddle-xy")
+    # 1.51 vs 1.61: difference 0.1 > std sum 0.0141 + 0.0141
+    assert "- gpt-small: deo-adamw vs adamw: **beats** (final loss 1.51 ± 0.01414 vs 1.61" in gpt
+    # 1.62 vs 1.61: difference 0.01 < std sum 0.0283 + 0.0141
+    assert "- gpt-small: deo-adamw-ritz vs adamw: **ties** (final loss 1.62 ± 0.02828" in gpt
+    # escape at 210 vs 105: later is worse
+    assert "- saddle-xy: deo-adamw vs adamw: **loses** (escape step 210 ± 14.14 vs 105" in saddle
+    # one seed never escaped: not escaping is worst, even though the other escaped first
+    assert ("- saddle-xy: deo-adamw-ritz vs adamw: **loses** (escaped 1/2 vs 2/2; "
+            "escape step 40 (n=1) vs 105 ± 7.071)") in saddle
+
+
+def test_summary_lists_every_verdict_losses_included(built):
+    _, markdown = built
+    summary = section(markdown, "Summary")
+    assert markdown.index("## Summary") < markdown.index("## gpt-small")
+    assert "Verdicts: 1 beats, 1 ties, 2 loses, 0 not compared." in summary
+    assert "- saddle-xy: deo-adamw vs adamw: **loses**" in summary
+    assert "- saddle-xy: deo-adamw-ritz vs adamw: **loses**" in summary
+    assert "Failed runs: 0." in summary
+
+
+def test_saddle_task_gets_escape_column_and_escape_bars(built):
+    out, markdown = built
+    saddle = section(markdown, "saddle-xy")
+    assert table_row(saddle, "adamw")["escape step"] == "105 ± 7.071, 2/2 escaped"
+    assert table_row(saddle, "deo-adamw-ritz")["escape step"] == "40 (n=1), 1/2 escaped"
+    assert "](plots/saddle-xy-escape.png)" in saddle
+    assert (out / "plots" / "saddle-xy-escape.png").stat().st_size > 0
+    assert "escape" not in "".join(re.findall(r"\]\((plots/[^)]+)\)", section(markdown,
+                                                                          "gpt-small")))
+
+
+def test_plots_exist_are_png_and_are_referenced_from_the_markdown(built):
+    out, markdown = built
+    referenced = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", markdown)
+    assert set(referenced) == {f"plots/{task}-{kind}.png" for task in ("gpt-small", "saddle-xy")
+                               for kind in ("loss", "curvature")} | {"plots/saddle-xy-escape.png"}
+    for relative in referenced:
+        data = (out / relative).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_report_is_deterministic(tmp_path):
+    records = [make_record("deep-linear", name, seed, 1.0 + seed / 100)
+               for name in ("adamw", "deo-adamw") for seed in (0, 1)]
+    for record in records:
+        record["deo"] = []  # one plot per report keeps this test fast
+    first = report.write_report(tmp_path / "a", records).read_text(encoding="utf-8")
+    second = report.write_report(tmp_path / "b", records).read_text(encoding="utf-8")
+    assert first == second and "deep-linear: deo-adamw vs adamw: **ties**" in first
+
+
+def test_single_seed_shows_n1_and_uses_the_one_percent_rule(tmp_path):
+    records = [make_record("lstm", "adamw", 0, 1.52), make_record("lstm", "deo-adamw", 0, 1.50),
+               make_record("lstm", "deo-adamw-ritz", 0, 1.51)]
+    markdown = report.write_report(tmp_path, records).read_text(encoding="utf-8")
+    assert table_row(markdown, "adamw")["final loss"] == "1.52 (n=1)"
+    assert "deo-adamw vs adamw: **beats**" in markdown  # 0.02 > 1% of 1.52
+    assert "deo-adamw-ritz vs adamw: **ties**" in markdown  # 0.01 <= 0.0152
+
+
+def test_diverged_runs_are_listed_and_lose(tmp_path):
+    records = [make_record("digits-mlp", "adamw", s, 0.3) for s in (0, 1)]
+    records += [make_record("digits-mlp", "deo-adamw", 0, 0.2),
+                make_record("digits-mlp", "deo-adamw", 1, 0.2, status="diverged")]
+    markdown = report.write_report(tmp_path, records).read_text(encoding="utf-8")
+    task = section(markdown, "digits-mlp")
+    failed = task[task.index("### Failed runs"):]
+    assert "- deo-adamw seed 1: diverged, last recorded step 299 (loss nan)" in failed
+    assert table_row(task, "deo-adamw")["seeds"] == "1 of 2 ok"
+    assert "deo-adamw vs adamw: **loses** (finished 1/2 vs 2/2" in section(markdown, "Summary")
+    assert "- digits-mlp: deo-adamw seed 1: diverged" in section(markdown, "Summary")
+
+
+def test_truncated_last_line_is_skipped_and_counted(tmp_path):
+    records = two_task_records()[:3]
+    path = write_results(tmp_path, records, torn_tail=json.dumps(records[0])[:40])
+    loaded = report.load_records(path)
+    assert [r["key"] for r in loaded] == [r["key"] for r in records]
+    assert loaded.skipped_lines == [4]
+    markdown = report.write_report(tmp_path).read_text(encoding="utf-8")
+    assert "Skipped 1 torn line(s) of results.jsonl (line 4)" in markdown
+
+
+def test_a_torn_line_that_a_resumed_bench_wrote_past_is_skipped(tmp_path):
+    first, second = two_task_records()[:2]
+    path = tmp_path / report.RESULTS_FILE
+    path.write_text(json.dumps(first) + "\n" + json.dumps(second)[:50] + "\n"
+                    + json.dumps(second) + "\n")
+    loaded = report.load_records(path)
+    assert [r["key"] for r in loaded] == [first["key"], second["key"]]
+    assert loaded.skipped_lines == [2]
+
+
+def test_json_that_is_not_a_run_record_raises(tmp_path):
+    path = tmp_path / report.RESULTS_FILE
+    path.write_text(json.dumps(two_task_records()[0]) + "\n" + json.dumps({"step": 3}) + "\n")
+    with pytest.raises(ValueError, match=":2: not a run record"):
+        report.load_records(path)
+
+
+def test_missing_results_raise_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="deo bench"):
+        report.load_records(tmp_path / "results.jsonl")
+    with pytest.raises(FileNotFoundError):
+        report.write_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_missing_matplotlib_raises_with_install_hint(tmp_path, monkeypatch):
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=re.escape('pip install "deo[bench]"')):
+        report.write_report(tmp_path, two_task_records())
+    assert list(tmp_path.iterdir()) == []  # checked before anything is written
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "report.md"
+    target.write_text("old report")
+
+    def crash_halfway(temporary: Path) -> None:
+        temporary.write_text("half a rep")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        report.write_atomically(target, crash_halfway)
+    assert target.read_text() == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_spike_markers_follow_the_runner_spike_rule():
+    series = make_record("gpt-small", "adamw", 0, 1.0, spike_at=250)["train_loss"]
+    points = plots.spike_points(series)
+    assert [step for step, _ in points] == [250]
+    assert len(points) == count_spikes([loss for _, loss in series])

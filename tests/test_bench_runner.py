@@ -1,0 +1,116 @@
+"""deo bench's runner, optimizer names, resume and error paths."""
+
+import json
+
+import pytest
+import torch
+
+import deo
+from deo.bench.optimizers import NAMES, build_optimizer, parse_optimizer
+from deo.bench.runner import RESULTS, finished_keys, run_bench, run_one
+from deo.bench.task import Task, count_spikes
+from deo.cli import main
+
+
+class Bowl(Task):
+    """0.5 |x - 1|^2: tiny, deterministic, escape threshold 0.1."""
+
+    name = "bowl"
+    steps = 20
+    eval_every = 5
+    lr = 0.1
+    escape_threshold = 0.1
+
+    def setup(self, seed, device):
+        self._x = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64, device=device))
+
+    def param_groups(self):
+        return [{"params": [self._x]}]
+
+    def loss_fn(self, step):
+        return lambda: 0.5 * ((self._x - 1.0) ** 2).sum()
+
+    def evaluate(self):
+        return {"loss": float(0.5 * ((self._x.detach() - 1.0) ** 2).sum())}
+
+
+def test_optimizer_names_parse_with_options():
+    spec = parse_optimizer("deo-adamw-ritz:interval=5,alpha=1.5")
+    assert (spec.base, spec.rotation, spec.options) == ("adamw", "ritz",
+                                                         {"interval": 5, "alpha": 1.5})
+    assert parse_optimizer("deo-sgd").rotation == "oja"
+    assert parse_optimizer("pgd").rotation is None
+    with pytest.raises(ValueError, match="unknown name 'adamax'"):
+        parse_optimizer("adamax")
+    with pytest.raises(ValueError, match="for DEO variants only"):
+        parse_optimizer("adamw:alpha=1")
+    with pytest.raises(ValueError, match="keys"):
+        parse_optimizer("deo-adamw:momentum=0.9")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_optimizer_takes_steps(name):
+    pytest.importorskip("pytorch_optimizer")
+    record = run_one(Bowl(), name, seed=0, progress=False)
+    assert record.status == "ok" and len(record.train_loss) == 20
+    is_deo = name.startswith("deo-")
+    if not is_deo:  # alpha = 5 reverses the gradient along N: on a convex bowl that ascends
+        assert record.final["loss"] < 1.5  # started at 1.5
+    assert bool(record.deo) == is_deo
+    assert record.gradient_evaluations == 20 + (record.deo[-1]["probe_count"] if is_deo else 0)
+
+
+def test_deo_settings_reach_the_optimizer():
+    task = Bowl()
+    task.setup(0, torch.device("cpu"))
+    opt, _ = build_optimizer("deo-adamw-ritz:interval=5,alpha=0", task.param_groups(), lr=0.1,
+                             max_grad_norm=1.0)
+    assert isinstance(opt, deo.DEO) and opt.interval == 5 and opt.alpha == 0.0
+    assert opt.rotation == "ritz" and opt.max_grad_norm == 1.0
+    assert isinstance(opt.base, torch.optim.AdamW)
+
+
+def test_escape_step_and_spikes_are_measured():
+    record = run_one(Bowl(), "sgd", seed=0, progress=False)
+    losses = [loss for _, loss in record.train_loss]
+    first_below = next(i for i, loss in enumerate(losses) if loss < 0.1)
+    assert record.escape_step == first_below
+    assert count_spikes([1.0] * 100 + [1.9, 2.1, 1.0]) == 1  # 2.1 >= 2 x mean(previous 100)
+    assert count_spikes([1.0] * 100 + [5.0, 5.0]) == 2
+
+
+def runs(counter):
+    def make():
+        counter.append(1)
+        return Bowl()
+    return [(make, "sgd", 0), (make, "deo-sgd-ritz", 0), (make, "sgd", 1)]
+
+
+def test_results_are_appended_and_resume_skips_finished_runs(tmp_path):
+    made = []
+    run_bench(runs(made)[:2], tmp_path, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / RESULTS).read_text().splitlines()]
+    assert [r["key"] for r in lines] == ["bowl|sgd|0", "bowl|deo-sgd-ritz|0"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_bench(runs(made), tmp_path, progress=False)
+    # a run killed mid-write leaves a torn line: it is ignored and the next record still lands
+    with (tmp_path / RESULTS).open("a") as sink:
+        sink.write('{"key": "bowl|sgd|1", "tas')
+    new = run_bench(runs(made), tmp_path, resume=True, progress=False)
+    assert [r["key"] for r in new] == ["bowl|sgd|1"]
+    assert finished_keys(tmp_path / RESULTS) == {"bowl|sgd|0", "bowl|deo-sgd-ritz|0",
+                                                 "bowl|sgd|1"}
+    first = json.loads((tmp_path / RESULTS).read_text().splitlines()[0])
+    assert first["final"]["loss"] == lines[0]["final"]["loss"]  # finished runs untouched
+
+
+def test_bench_command_errors_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "--data", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    assert "missing.txt" in capsys.readouterr().err and not out.exists()
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda", "--out", str(out)]) == 2
+        assert "CUDA" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        main(["bench", "--preset", "everything", "--out", str(out)])
+    assert "expected one of" in capsys.readouterr().err and not out.exists()
