@@ -78,9 +78,8 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
     if rotation not in dimer.ROTATION_RULES:
         raise ValueError(f"rotation: expected one of {sorted(dimer.ROTATION_RULES)}, "
                          f"got {rotation!r}")
-    if probes_per_update is not None and not (_is_int(probes_per_update)
-                                              and probes_per_update >= 1):
-        raise ValueError(f"probes_per_update: expected None or an integer >= 1, "
+    if not (_is_int(probes_per_update) and probes_per_update >= 1):
+        raise ValueError(f"probes_per_update: expected an integer >= 1, "
                          f"got {probes_per_update!r}")
     if not (_is_real(hessian_memory) and 0 <= hessian_memory < 1):
         raise ValueError(f"hessian_memory: expected a float in [0, 1), got {hessian_memory!r}")

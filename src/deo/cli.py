@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--steps", type=_at_least(1), default=2000)
     track.add_argument("--every", type=_at_least(1), default=250)
     track.add_argument("--rotation", type=_rule, default="ritz")
-    track.add_argument("--probes-per-update", type=_at_least(1), default=None, metavar="P")
+    track.add_argument("--probes-per-update", type=_at_least(1), default=1, metavar="P")
     track.add_argument("--hessian-memory", type=float, default=0.0, metavar="M")
     track.add_argument("--ritz-window", type=_at_least(1), default=1, metavar="K")
     track.add_argument("--interval", type=_at_least(1), default=10)

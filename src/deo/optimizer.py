@@ -19,7 +19,6 @@ from .probe_context import DisplacedGradients, NonFiniteProbe, capture_rng_state
 
 _DIRECTION = "direction"  # per-parameter state key of N
 _SAVED_PREFIX = "deo_"  # DEO's keys inside state_dict()["state"][index] start with it
-DEFAULT_PROBES = {"oja": 1, "ritz": 2}  # probes_per_update=None
 
 _MISSING_CLOSURE = (
     "DEO.step() needs a closure on probe steps (steps 0, interval, 2*interval, ...; this is "
@@ -83,9 +82,11 @@ class DEO(Optimizer):
         rotation_lr: step size of the ``"oja"`` rotation, >= 0 (paper: 1e-3).
         rotation: how N turns, one of ``dimer.ROTATION_RULES``: ``"oja"`` (the paper's rule,
             correct sign) or ``"ritz"`` (Rayleigh-Ritz, no step size, ``scope="global"``).
-        probes_per_update: displaced-gradient evaluations per probe step, an integer >= 1;
-            ``None``: 1 for ``"oja"``, 2 for ``"ritz"``. ``"ritz"`` with 1 spreads each
-            rotation over two probe steps (one extra gradient per ``interval`` steps).
+        probes_per_update: displaced-gradient evaluations per probe step, an integer >= 1
+            (default 1: one extra gradient per ``interval`` steps, the paper's cost).
+            ``"oja"`` takes one rotation step per evaluation; ``"ritz"`` with 1 spreads each
+            rotation over two probe steps (on a d=200 quadratic it needs as many evaluations
+            as with 2).
         hessian_memory: ``"ritz"`` only, in [0, 1): weight of earlier batches in the Hessian
             products it carries between probe steps (0: the latest batch only).
         ritz_window: ``"ritz"`` only, an integer >= 1: batches whose product H W with the
@@ -116,7 +117,7 @@ class DEO(Optimizer):
         displacement: float | None = None,
         rotation_lr: float = 1e-3,
         rotation: str = "oja",
-        probes_per_update: int | None = None,
+        probes_per_update: int = 1,
         hessian_memory: float = 0.0,
         ritz_window: int = 1,
         seed: int = 0,
@@ -143,8 +144,7 @@ class DEO(Optimizer):
             else float(displacement)
         self.rotation_lr = float(rotation_lr)
         self.rotation = rotation
-        self.probes_per_update = DEFAULT_PROBES[rotation] if probes_per_update is None \
-            else int(probes_per_update)
+        self.probes_per_update = int(probes_per_update)
         self.hessian_memory = float(hessian_memory)
         self.ritz_window = int(ritz_window)
         self.seed = int(seed)

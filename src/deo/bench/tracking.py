@@ -39,7 +39,7 @@ class TrackConfig:
     interval: int = 10
     displacement: float = 6e-3
     rotation: str = "ritz"
-    probes_per_update: int | None = None
+    probes_per_update: int = 1
     hessian_memory: float = 0.0
     ritz_window: int = 1
     rotation_lr: float = 1e-3
