@@ -4,7 +4,9 @@ Trains the small character GPT with AdamW (the paper's recipe) for K steps, comp
 Hessian's v_min on a fixed 96-sequence evaluation batch (Lanczos), then measures the curvature
 c_b = v^T H_b v along that SAME v on many 12-sequence training batches b. If the spread of c_b
 dwarfs its mean, a probe that sees one batch cannot tell the shared direction from noise, and
-any estimator has to average over about (2 std / |mean|)^2 batches per decision.
+any estimator has to average over about (2 std / |mean|)^2 batches per decision. It also
+measures v's curvature on a second, disjoint 96-sequence batch, and that batch's own lambda_min:
+if v's negative curvature does not carry over, it belongs to the first batch, not the data.
 
     python benchmarks/curvature_noise.py --data ../shared/data/shakespeare_char/input.txt
 Writes benchmarks/results/curvature_noise.json.
@@ -38,10 +40,15 @@ def main() -> None:
     params = list(model.parameters())
     block = model.config.block_size
     eval_batch = corpus.get_batch("train", 96, block, torch.Generator().manual_seed(10_000))
+    second_batch = corpus.get_batch("train", 96, block, torch.Generator().manual_seed(20_000))
     gen = torch.Generator().manual_seed(7)
     with math_attention(model):
         truth = hessian.extreme_eigenpairs(lambda: model(*eval_batch)[1], params, tol=1e-2)
         v = truth.v_min
+        second = hessian.extreme_eigenpairs(lambda: model(*second_batch)[1], params, tol=1e-2)
+        hv_second = hessian.hessian_vector_product(lambda: model(*second_batch)[1], params, v)
+        second_curvature = sum(float((a.double() * b.double()).sum())
+                               for a, b in zip(v, hv_second))
         curvatures = []
         for _ in range(args.batches):
             batch = corpus.get_batch("train", 12, block, gen)
@@ -52,7 +59,11 @@ def main() -> None:
     result = {"train_steps": args.train_steps, "eval_lambda_min": truth.lambda_min,
               "eval_lambda_max": truth.lambda_max, "batch_curvature_mean": mean,
               "batch_curvature_std": std, "batches": args.batches,
-              "batches_for_2_sigma": (2 * std / abs(mean)) ** 2, "curvatures": curvatures}
+              "batches_for_2_sigma": (2 * std / abs(mean)) ** 2,
+              "second_batch_lambda_min": second.lambda_min,
+              "second_batch_curvature_along_v": second_curvature,
+              "cos_v_min_first_second": abs(hessian.cosine(v, second.v_min)),
+              "curvatures": curvatures}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "curvatures"}, indent=1))

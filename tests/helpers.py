@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+import deo
 
 
 def quadratic(eigenvalues: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,3 +60,20 @@ def make_closure(model, opt, step: int, dtype=torch.float32):
         return loss
 
     return closure
+
+
+def step_task_with_deo(task, steps: int = 4):
+    """Drive a bench Task through DEO (ritz, probing every 2 steps) as the runner does."""
+    opt = deo.DEO(task.param_groups(), base=torch.optim.SGD, lr=task.lr, interval=2,
+                  rotation="ritz", displacement=task.deo_displacement)
+    for step in range(steps):
+        loss_fn = task.loss_fn(step)
+
+        def closure(loss_fn=loss_fn):
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        assert math.isfinite(opt.step(closure).item())
+    return opt

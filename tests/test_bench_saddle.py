@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-import deo
 from deo.bench.saddle import DeepLinear, MatrixSensing, MonkeySaddle, QuadraticSaddle
+from helpers import step_task_with_deo
 
 CPU = torch.device("cpu")
 TASKS = [QuadraticSaddle, MonkeySaddle, DeepLinear, MatrixSensing]
@@ -222,19 +222,8 @@ def test_bad_arguments_raise_value_error_naming_them(cls, kwargs, argument):
 @pytest.mark.parametrize("cls", TASKS, ids=ids)
 def test_deo_steps_through_the_task_contract(cls):
     task = ready(cls)
-    opt = deo.DEO(task.param_groups(), base=torch.optim.SGD, lr=task.lr, interval=2,
-                  rotation="ritz", displacement=task.deo_displacement)
     start = [p.detach().clone() for p in params_of(task)]
-    for step in range(4):
-        loss_fn = task.loss_fn(step)
-
-        def closure(loss_fn=loss_fn):
-            opt.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-
-        assert math.isfinite(opt.step(closure).item())
+    opt = step_task_with_deo(task)
     assert math.isfinite(task.evaluate()["loss"])
     assert int(opt.stats["probe_count"]) >= 2
     assert not all(torch.equal(p, q) for p, q in zip(params_of(task), start))

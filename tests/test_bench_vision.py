@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-import deo
 from deo.bench import vision
 from deo.bench.vision import DigitsCNN, DigitsMLP, load_digits_split
+from helpers import step_task_with_deo
 
 CPU = torch.device("cpu")
 TASKS = [DigitsMLP, DigitsCNN]
@@ -169,17 +169,6 @@ def test_missing_scikit_learn_says_what_to_install(monkeypatch):
 @pytest.mark.parametrize("cls", TASKS, ids=ids)
 def test_deo_steps_through_the_task_contract(cls):
     task = ready(cls)
-    opt = deo.DEO(task.param_groups(), base=torch.optim.SGD, lr=task.lr, interval=2,
-                  rotation="ritz", displacement=task.deo_displacement)
-    for step in range(4):
-        loss_fn = task.loss_fn(step)
-
-        def closure(loss_fn=loss_fn):
-            opt.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-
-        assert math.isfinite(opt.step(closure).item())
+    opt = step_task_with_deo(task)
     assert int(opt.stats["probe_count"]) >= 2
     assert all(math.isfinite(value) for value in task.evaluate().values())
