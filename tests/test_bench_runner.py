@@ -77,6 +77,7 @@ def test_escape_step_and_spikes_are_measured():
     assert record.escape_step == first_below
     assert count_spikes([1.0] * 100 + [1.9, 2.1, 1.0]) == 1  # 2.1 >= 2 x mean(previous 100)
     assert count_spikes([1.0] * 100 + [5.0, 5.0]) == 2
+    assert count_spikes([-1.0] * 100 + [-0.5]) == 0  # no spikes below zero
 
 
 def runs(counter):

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .task import SPIKE_FACTOR, SPIKE_WINDOW
+from .task import SPIKE_FACTOR, SPIKE_WINDOW, spike_indices
 
 Run = dict[str, Any]
 Series = Iterable[Sequence[float]]  # [(step, value), ...]
@@ -35,12 +35,7 @@ def spike_points(train_loss: Sequence[Sequence[float]], factor: float = SPIKE_FA
     runner records every k-th step only, so the markers can differ from the record's count.
     """
     losses = [loss for _, loss in train_loss]
-    points, running = [], sum(losses[:window])
-    for i in range(window, len(losses)):
-        if losses[i] >= factor * running / window:
-            points.append((train_loss[i][0], losses[i]))
-        running += losses[i] - losses[i - window]
-    return points
+    return [(train_loss[i][0], losses[i]) for i in spike_indices(losses, factor, window)]
 
 
 def plot_loss_curves(runs_by_optimizer: Mapping[str, Sequence[Run]],

@@ -41,6 +41,7 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
     record_every = max(1, task.steps // 2000)
     losses: list[float] = []
+    peak_rss = _resident_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
@@ -77,6 +78,8 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
             break
         if (step + 1) % task.eval_every == 0 or step + 1 == task.steps:
             _evaluate(task, opt, step + 1, record)
+        if step % 10 == 0 or (step + 1) % task.eval_every == 0:
+            peak_rss = max(peak_rss, _resident_bytes())
         bar.update(1)
     bar.close()
     record.wall_time = time.perf_counter() - started
@@ -84,7 +87,8 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     record.spikes = count_spikes(losses)
     record.gradient_evaluations = len(losses) + (
         int(opt.stats["probe_count"]) if isinstance(opt, DEO) else 0)
-    record.peak_memory_bytes = _peak_memory(device)
+    record.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) \
+        if device.type == "cuda" else peak_rss
     tail = losses[-max(1, len(losses) // 10):]
     record.final = {**(record.evals[-1] if record.evals else {}),
                     "train_loss": sum(tail) / len(tail)}
@@ -156,12 +160,14 @@ def _describe(opt) -> dict:
     return {"class": type(opt).__name__}
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    # CPU: the process's peak resident set (ru_maxrss is KiB on Linux, bytes on macOS)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+def _resident_bytes() -> int:
+    """The process's resident set now (Linux); elsewhere its peak so far (ru_maxrss)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _progress(total: int, description: str, enabled: bool):

@@ -23,9 +23,11 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
     deo          [{"step": s, "curvature", "angle", "grad_share", "probe_count"}, ...] or []
     final        {**last evaluation's metrics, "train_loss": mean of the last 10% of steps}
     escape_step  first step whose loss fell below task.escape_threshold, or None
-    spikes       count of steps with loss >= 2x the mean of the previous 100 steps
+    spikes       count of steps with loss >= 2x the (positive) mean of the previous 100 steps
     status       "ok" or "diverged" (non-finite loss; the run stops there)
-    wall_time, seconds_per_step, peak_memory_bytes, gradient_evaluations
+    wall_time, seconds_per_step, gradient_evaluations
+    peak_memory_bytes  CUDA: torch.cuda.max_memory_allocated; CPU: the largest resident set
+                 size sampled during the run (every eval and every 10 steps; Linux /proc)
 """
 
 from __future__ import annotations
@@ -101,15 +103,25 @@ def run_key(task: str, optimizer: str, seed: int) -> str:
     return f"{task}|{optimizer}|{seed}"
 
 
-def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR,
-                 window: int = SPIKE_WINDOW) -> int:
-    """Steps whose loss is >= factor x the mean of the previous ``window`` losses."""
-    spikes, running = 0, sum(losses[:window])
+def spike_indices(losses: list[float], factor: float = SPIKE_FACTOR,
+                  window: int = SPIKE_WINDOW) -> list[int]:
+    """Indices of losses >= factor x the mean of the ``window`` losses before them.
+
+    Defined for positive losses (cross-entropy, squared error); a window whose mean is not
+    positive (the saddle problems go below zero) has no spikes.
+    """
+    spikes, running = [], sum(losses[:window])
     for i in range(window, len(losses)):
-        if losses[i] >= factor * running / window:
-            spikes += 1
+        mean = running / window
+        if mean > 0 and losses[i] >= factor * mean:
+            spikes.append(i)
         running += losses[i] - losses[i - window]
     return spikes
+
+
+def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR,
+                 window: int = SPIKE_WINDOW) -> int:
+    return len(spike_indices(losses, factor, window))
 
 
 def _is_plain(value: Any) -> bool:
