@@ -6,14 +6,21 @@ data parallelism unchanged:
 
 * single process and DDP: every rank holds full, identical (all-reduced) gradients and the
   same N, so the local sum already is the global one and no communication is needed;
-* FSDP2 (DTensor shards): each rank holds a shard, so the partial sums have to be
-  reduced over the mesh. That path is not supported yet.
+* FSDP2 and other DTensor layouts: each rank holds shards. The sum over this rank's shards is
+  computed on the local tensors (``to_local()``), then one all-reduce per sharded mesh
+  dimension (one in all for FSDP2's 1-D mesh, whatever the number of tensors) adds the
+  partial sums of all ranks. Mesh dimensions along which a tensor is replicated are not
+  summed over (that would count it twice).
 
-All functions return 0-d tensors on the device of the inputs and never synchronise with
-the host, so they are safe inside the optimizer's cheap step.
+All functions return plain 0-d tensors on the device of the inputs, identical on every rank,
+and never synchronise with the host, so they are safe inside the optimizer's cheap step (an
+all-reduce is a collective, not a host sync: with NCCL it is queued on the GPU stream).
+Every rank must call them with the same list layout, as it does for any collective.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch import Tensor
@@ -26,17 +33,146 @@ def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     if not xs:
         raise ValueError("dot: empty tensor lists")
     dtype = _widest_dtype([*xs, *ys])
-    parts = [torch.dot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype)) for x, y in zip(xs, ys)]
-    return torch.stack(parts).sum() if len(parts) > 1 else parts[0]
+    if not _has_dtensor([*xs, *ys]):
+        parts = [torch.dot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype))
+                 for x, y in zip(xs, ys)]
+        return torch.stack(parts).sum() if len(parts) > 1 else parts[0]
+    pairs = [_local_pair(x, y) for x, y in zip(xs, ys)]
+    return _sum_over_shards(
+        [(group, torch.dot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype)))
+         for group, x, y in pairs])
 
 
 def norm(xs: list[Tensor]) -> Tensor:
     """Euclidean norm of the concatenation of xs."""
     if not xs:
         raise ValueError("norm: empty tensor list")
-    norms = torch._foreach_norm(xs)
+    if not _has_dtensor(xs):
+        norms = torch._foreach_norm(xs)
+        dtype = _widest_dtype(norms)
+        return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]))
+    locals_ = [_local(x) for x in xs]
+    norms = torch._foreach_norm([t for _, t in locals_])
     dtype = _widest_dtype(norms)
-    return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]))
+    return _sum_over_shards([(group, n.to(dtype).square())
+                             for (group, _), n in zip(locals_, norms)]).sqrt()
+
+
+def copy_(dst: list[Tensor], src: list[Tensor]) -> None:
+    """``torch._foreach_copy_(dst, src)`` that also takes DTensors (pairs of one layout),
+    copied shard by shard: torch (2.13) registers no DTensor rule for ``_foreach_copy_``."""
+    if not _has_dtensor([*dst, *src]):
+        torch._foreach_copy_(dst, src)
+        return
+    for d, s in zip(dst, src):
+        _check_same_layout(d, s)
+    torch._foreach_copy_([_to_local(d) for d in dst], [_to_local(s) for s in src])
+
+
+def shard_like(full: Tensor, like: Tensor) -> Tensor:
+    """``full`` laid out like ``like``: itself for a plain tensor; for a DTensor, a DTensor on
+    like's mesh with like's placements whose local shards are the slices of ``full`` (which
+    must be identical on every rank: no data is sent)."""
+    if not _is_dtensor(like):
+        return full
+    distribute_tensor = _dtensor_api("distribute_tensor")
+    try:
+        out = distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
+    except TypeError:  # torch < 2.6: no src_data_rank; rank 0's identical copy is scattered
+        out = distribute_tensor(full, like.device_mesh, like.placements)
+    if out.to_local().shape != like.to_local().shape:
+        raise ValueError(f"shard_like: DTensor layout {like.placements} of a tensor shaped "
+                         f"{tuple(like.shape)} gives local shape {tuple(out.to_local().shape)} "
+                         f"here, the tensor holds {tuple(like.to_local().shape)}")
+    return out
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _dtensor_type() -> type | None:
+    """DTensor's class, or None while its module is not imported: then no DTensor exists, and
+    a plain run does not pay for importing torch.distributed.tensor (about a second)."""
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):  # torch >= 2.5, 2.4
+        dtensor = getattr(sys.modules.get(name), "DTensor", None)
+        if dtensor is not None:
+            return dtensor
+    return None
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def _has_dtensor(tensors: list[Tensor]) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(isinstance(t, dtensor) for t in tensors)
+
+
+def _dtensor_api(name: str):
+    try:  # torch >= 2.5
+        import torch.distributed.tensor as api
+    except ImportError:  # pragma: no cover - torch 2.4
+        import torch.distributed._tensor as api
+    return getattr(api, name)
+
+
+def _local(x: Tensor) -> tuple[tuple | None, Tensor]:
+    """(reduction group, this rank's tensor). The group names the ranks whose partial sums
+    must be added: (mesh, sharded mesh dims), or None for a tensor every rank holds whole."""
+    if not _is_dtensor(x):
+        return None, x
+    if any(p.is_partial() for p in x.placements):  # pending sums: not a sharding, resolve them
+        replicate = _dtensor_api("Replicate")()
+        x = x.redistribute(x.device_mesh,
+                           [replicate if p.is_partial() else p for p in x.placements])
+    dims = tuple(i for i, p in enumerate(x.placements) if p.is_shard())
+    return ((x.device_mesh, dims) if dims else None), x.to_local()
+
+
+def _local_pair(x: Tensor, y: Tensor) -> tuple[tuple | None, Tensor, Tensor]:
+    """(reduction group, x's local tensor, y's) for two tensors of one layout."""
+    _check_same_layout(x, y)
+    (group, x_local), (_, y_local) = _local(x), _local(y)
+    return group, x_local, y_local
+
+
+def _check_same_layout(x: Tensor, y: Tensor) -> None:
+    if _is_dtensor(x) != _is_dtensor(y) or (
+            _is_dtensor(x) and (x.device_mesh != y.device_mesh or x.placements != y.placements)):
+        raise ValueError(
+            "deo.distributed: a pair of tensors with different layouts: "
+            f"{_describe(x)} and {_describe(y)}; N, gradients and parameters must share one "
+            "layout (the same device mesh and placements)")
+
+
+def _to_local(t: Tensor) -> Tensor:
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _describe(t: Tensor) -> str:
+    if _is_dtensor(t):
+        return f"DTensor{tuple(t.shape)} placements={t.placements} mesh={t.device_mesh}"
+    return f"Tensor{tuple(t.shape)}"
+
+
+def _sum_over_shards(parts: list[tuple[tuple | None, Tensor]]) -> Tensor:
+    """Sum 0-d partial values; those of sharded tensors are summed over their ranks too (one
+    all-reduce per reduction group, over each sharded mesh dimension's process group)."""
+    import torch.distributed as dist
+
+    groups: dict[tuple, list[Tensor]] = {}
+    for group, value in parts:
+        groups.setdefault(group, []).append(value)
+    totals = []
+    for group, values in groups.items():
+        total = torch.stack(values).sum()
+        if group is not None:
+            mesh, dims = group
+            for dim in dims:
+                dist.all_reduce(total, op=dist.ReduceOp.SUM, group=mesh.get_group(dim))
+        totals.append(total)
+    return torch.stack(totals).sum() if len(totals) > 1 else totals[0]
 
 
 def _widest_dtype(tensors: list[Tensor]) -> torch.dtype:

@@ -12,9 +12,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import dimer
+from .amp import finite_after_unscale, record_overflow, unscaling
 from .arguments import build_base, check_settings, default_displacement
 from .corrections import paper_correction_
-from .distributed import dot, norm
+from .distributed import copy_, dot, norm, shard_like
 from .probe_context import DisplacedGradients, NonFiniteProbe, capture_rng_state
 
 _DIRECTION = "direction"  # per-parameter state key of N
@@ -26,7 +27,8 @@ _MISSING_CLOSURE = (
     "displaced parameters on the same batch. Pass step(closure) where closure() zeroes the "
     "gradients, computes the loss on the current batch, calls loss.backward() and returns the "
     "loss. Without a closure DEO uses the gradients already in .grad, which only works on the "
-    "other steps."
+    "other steps. With a GradScaler, pass it to DEO, opt.step(closure, grad_scaler=scaler), "
+    "instead of calling scaler.step(opt)."
 )
 
 
@@ -179,17 +181,43 @@ class DEO(Optimizer):
     # -- the step ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+    def step(self, closure: Callable[[], Tensor] | None = None, *,
+             grad_scaler: torch.amp.GradScaler | None = None) -> Tensor | None:
+        """One DEO step; ``grad_scaler``: fp16 loss scaling, see below.
+
+        With an enabled ``grad_scaler`` the closure must backpropagate the SCALED loss
+        (``scaler.scale(loss).backward()``) and DEO takes the place of ``scaler.step(opt)`` and
+        ``scaler.update()``: it unscales the gradients (``scaler.unscale_(self)``), skips the
+        whole step (base step and rotation; ``steps`` does not advance) if the scaler found
+        inf/NaN, unscales the displaced gradients of a probe by the same scale, skips the whole
+        step as well if those are not finite (counted in ``skipped_probes``, reported to the
+        scaler as an overflow), and calls ``scaler.update()``. Like ``scaler.step``, this
+        reads the inf flag on the host once per step.
+        """
         is_probe = self.steps % self.interval == 0
         if is_probe and closure is None:
             raise RuntimeError(_MISSING_CLOSURE.format(step=self.steps, interval=self.interval))
+        scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
         rng_before = capture_rng_state() if is_probe else None
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if is_probe:
-            self._probe(closure, rng_before)
+        if scaler is None:
+            if is_probe:
+                self._probe(closure, rng_before)
+            self._update(is_probe)
+            return loss
+        scaler.unscale_(self)
+        if finite_after_unscale(scaler, self) and (
+                not is_probe or self._probe(unscaling(closure, self._params(), scaler),
+                                            rng_before, scaler)):
+            self._update(is_probe)
+        scaler.update()
+        return loss
+
+    def _update(self, is_probe: bool) -> None:
+        """Correct (and clip) the gradients in .grad, then let the base optimizer step."""
         with_grad = [p for p in self._params() if p.grad is not None]
         if with_grad:
             self._correct([p.grad for p in with_grad],
@@ -198,10 +226,14 @@ class DEO(Optimizer):
                 torch.nn.utils.clip_grad_norm_(with_grad, self.max_grad_norm)
         self.base.step()
         self.steps += 1
-        return loss
 
-    def _probe(self, closure: Callable[[], Tensor], rng_before: dict) -> None:
-        """Rotate N with displaced gradients on this step's batch (design.md, section 1)."""
+    def _probe(self, closure: Callable[[], Tensor], rng_before: dict,
+               scaler: torch.amp.GradScaler | None = None) -> bool:
+        """Rotate N with displaced gradients on this step's batch (design.md, section 1).
+
+        Returns False if the probe saw a non-finite loss or gradient (N unchanged): without a
+        scaler the step goes on, warned once; with one it is an overflow for the scaler.
+        """
         rule = dimer.ROTATION_RULES[self.rotation]
         old = [n.clone() for n in self.direction]
         with DisplacedGradients(self._params(), closure, rng_before,
@@ -214,9 +246,13 @@ class DEO(Optimizer):
             finally:
                 self._probe_count += probe.count
         if result is None:
-            self._skip_probe()
-            return
-        torch._foreach_copy_(self.direction, result.direction)
+            if scaler is None:
+                self._skip_probe()
+            else:  # loss scaling overflows now and then by design: no warning
+                self._skipped_probes += 1
+                record_overflow(scaler, self)
+            return False
+        copy_(self.direction, result.direction)
         self._store_rule_state(result.state)
         self._stats["curvature"] = result.curvature
         # N and -N are the same direction to DEO. In tensor scope the concatenation of k unit
@@ -224,6 +260,7 @@ class DEO(Optimizer):
         cosines = [dot([old[i] for i in b], [result.direction[i] for i in b]).abs()
                    for b in self._blocks(len(old))]
         self._stats["angle"] = torch.arccos(torch.stack(cosines).mean().clamp(max=1.0))
+        return True
 
     def _rotation_settings(self, count: int) -> dimer.RotationSettings:
         return dimer.RotationSettings(budget=self.probes_per_update, lr=self.rotation_lr,
@@ -279,8 +316,14 @@ class DEO(Optimizer):
         return [[i] for i in range(count)]
 
     def _init_direction(self, params: list[Tensor], generator: torch.Generator) -> None:
-        """A random unit N, drawn on the CPU from ``generator``: identical on every rank."""
-        draws = [torch.randn(p.shape, generator=generator).to(p.device, _direction_dtype(p))
+        """A random unit N, drawn on the CPU from ``generator``: identical on every rank.
+
+        The whole tensor is drawn for every parameter, also for a sharded (DTensor) one, whose
+        N is then this rank's shards of that draw, laid out like the parameter: the same N as
+        in a single process with the same seed, whatever the sharding.
+        """
+        draws = [shard_like(torch.randn(p.shape, generator=generator).to(p.device,
+                                                                         _direction_dtype(p)), p)
                  for p in params]
         for block in self._blocks(len(draws)):
             unit = dimer.normalize([draws[i] for i in block])

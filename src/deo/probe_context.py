@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .dimer import finite_difference_hvp_
-from .distributed import norm
+from .distributed import copy_, norm
 
 
 def capture_rng_state() -> dict:
@@ -90,8 +90,15 @@ class DisplacedGradients:
 
     def __enter__(self) -> DisplacedGradients:
         self.grads = [p.grad for p in self.params]
+        # DDP(gradient_as_bucket_view=True) makes .grad a view of its communication bucket and
+        # writes the all-reduced gradients of every later backward into that same memory, so
+        # the probe's backward would overwrite the main gradients. Gradients that are views
+        # are therefore copied here and written back after each displaced evaluation.
+        self.overwritable = [i for i, g in enumerate(self.grads) if g is not None and g._is_view()]
         self.main = [g if g is not None else torch.zeros_like(p)
                      for g, p in zip(self.grads, self.params)]
+        for i in self.overwritable:
+            self.main[i] = self.main[i].clone()
         # A gradient that carries a graph (backward(create_graph=True), e.g. for Sophia's
         # Hessian estimate) keeps the parameters as saved tensors of that graph: writing into
         # them would invalidate it. Then the probe swaps .data to fresh tensors instead and
@@ -103,8 +110,7 @@ class DisplacedGradients:
 
     def __exit__(self, *exc) -> None:
         self._restore_params()
-        for p, g in zip(self.params, self.grads):
-            p.grad = g
+        self._restore_grads()
         restore_rng_state(self.rng_after)
         del self.saved, self.main
 
@@ -118,10 +124,11 @@ class DisplacedGradients:
             with torch.enable_grad(), frozen_module_buffers():
                 loss = self.closure()
             displaced = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            for i in self.overwritable:  # may be the main gradient's memory, restored below
+                displaced[i] = displaced[i].clone()
         finally:
             self._restore_params()
-            for p, g in zip(params, self.grads):
-                p.grad = g
+            self._restore_grads()
         self.count += 1
         hvp = finite_difference_hvp_([d.detach() for d in displaced], self.main,
                                      self.displacement)
@@ -145,7 +152,14 @@ class DisplacedGradients:
                 for p, origin in zip(self.params, self.saved):
                     p.data = origin
             else:
-                torch._foreach_copy_(self.params, self.saved)
+                copy_(self.params, self.saved)
+
+    def _restore_grads(self) -> None:
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        with torch.no_grad():
+            for i in self.overwritable:
+                self.grads[i].copy_(self.main[i])
 
 
 def _is_finite(value) -> bool:

@@ -1,0 +1,133 @@
+"""DEO inside Hugging Face ``transformers.Trainer``: ``DEOTrainer``.
+
+The Trainer runs forward and backward for every micro-batch of an optimizer step
+(``training_step``), clips, then calls ``optimizer.step()`` with no closure, which DEO needs
+on probe steps. ``DEOTrainer`` supplies it:
+
+- on a probe step, ``training_step`` records each micro-batch and, before the first, the RNG
+  state; the Trainer's own passes are the probe's main pass, so DEO costs the paper's one extra
+  forward and backward per probe step;
+- ``create_optimizer`` wraps the optimizer the Trainer builds (``args.optim``, its weight
+  decay groups, or the one passed as ``optimizers=``) in DEO, whose ``step()`` without a
+  closure asks the trainer for one: it replays the recorded micro-batches through
+  ``training_step`` with the recorded RNG state (the same dropout masks) at the displaced
+  parameters;
+- ``TrainingArguments.max_grad_norm`` (1.0 by default) moves into DEO's ``max_grad_norm``: the
+  Trainer would clip the main gradient but not the displaced one; DEO clips after the
+  correction. The Trainer then clips nothing (it still logs the gradient norm).
+
+fp16 loss scaling (``TrainingArguments(fp16=True)``) is refused: accelerate's GradScaler
+calls ``optimizer.step`` without a closure after unscaling the main gradient only. bf16 works.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..optimizer import DEO
+from ..probe_context import capture_rng_state, restore_rng_state
+
+try:
+    from transformers import Trainer
+except ImportError as error:
+    raise ImportError(
+        'deo.integrations.transformers needs transformers and accelerate: '
+        'pip install "deo[transformers]"'
+    ) from error
+
+__all__ = ["DEOTrainer"]
+
+
+class _TrainerDEO(DEO):
+    """DEO whose ``step()`` without a closure takes the one its DEOTrainer records."""
+
+    _closure_source: Callable[[], Callable[[], Any] | None] | None = None
+
+    def step(self, closure=None, **kwargs):
+        if closure is None and self._closure_source is not None:
+            source = self._closure_source()  # a weakref.WeakMethod: the trainer
+            closure = source() if source is not None else None
+        return super().step(closure, **kwargs)
+
+
+class DEOTrainer(Trainer):
+    """A ``transformers.Trainer`` that optimizes with DEO around its usual optimizer.
+
+    Args:
+        *args, **kwargs: as for ``transformers.Trainer``.
+        deo_kwargs: DEO's own settings (``alpha``, ``interval``, ``displacement``,
+            ``rotation``, ...); the base optimizer and its hyperparameters come from the
+            TrainingArguments as usual. ``max_grad_norm`` defaults to
+            ``args.max_grad_norm``.
+
+    ``trainer.deo`` is the DEO instance once training has started (``trainer.deo.stats``).
+    """
+
+    def __init__(self, *args: Any, deo_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self.accelerator, "scaler", None) is not None:
+            raise ValueError(
+                "DEOTrainer does not support fp16 loss scaling (TrainingArguments(fp16=True)): "
+                "accelerate's GradScaler calls optimizer.step() without a closure and unscales "
+                "the main gradient only, which would corrupt DEO's probe; use bf16=True")
+        self.deo_kwargs = dict(deo_kwargs or {})
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            self.deo_kwargs.setdefault("max_grad_norm", self.args.max_grad_norm)
+        if self.args.max_grad_norm:  # a copy: the caller's TrainingArguments stay as they were
+            self.args = copy.copy(self.args)
+            object.__setattr__(self.args, "max_grad_norm", 0.0)
+        self.deo: DEO | None = None
+        self._deo_batches: list[tuple] = []
+        self._deo_rng: dict | None = None
+        self._deo_replaying = False
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if isinstance(optimizer, _TrainerDEO):
+            return optimizer
+        if isinstance(optimizer, DEO):
+            raise TypeError(
+                "DEOTrainer builds DEO itself, around the Trainer's optimizer: pass the base "
+                "optimizer (or nothing) as optimizers=, and DEO's settings as deo_kwargs=")
+        self.optimizer = self.deo = _TrainerDEO(None, base=optimizer, **self.deo_kwargs)
+        self.deo._closure_source = weakref.WeakMethod(self._probe_closure)
+        return self.optimizer
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any,
+                      **kwargs: Any) -> torch.Tensor:
+        deo = self.deo
+        if not self._deo_replaying and deo is not None and deo.steps % deo.interval == 0:
+            if not self._deo_batches:
+                self._deo_rng = capture_rng_state()
+            self._deo_batches.append((model, inputs, args, kwargs))
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def _probe_closure(self) -> Callable[[], Any] | None:
+        """The closure for this step's DEO.step(): None on cheap steps."""
+        batches, rng = self._deo_batches, self._deo_rng
+        self._deo_batches, self._deo_rng = [], None
+        if not batches:
+            return None
+        calls = []
+
+        def closure() -> torch.Tensor | None:
+            calls.append(None)
+            if len(calls) == 1:  # DEO's main pass: the Trainer's passes left it in .grad
+                return None
+            restore_rng_state(rng)  # the masks of the Trainer's pass over these batches
+            self.deo.zero_grad(set_to_none=True)
+            self._deo_replaying = True
+            try:
+                losses = [self.training_step(model, inputs, *args, **kwargs)
+                          for model, inputs, args, kwargs in batches]
+            finally:
+                self._deo_replaying = False
+            return torch.stack([loss.detach().float() for loss in losses]).sum()
+
+        return closure
