@@ -115,3 +115,28 @@ def test_bench_command_errors_write_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--preset", "everything", "--out", str(out)])
     assert "expected one of" in capsys.readouterr().err and not out.exists()
+
+
+class Broken(Bowl):
+    name = "broken"
+
+    def loss_fn(self, step):
+        raise RuntimeError("no derivative here")
+
+
+def test_a_run_that_raises_is_recorded_and_the_bench_goes_on(tmp_path, capsys):
+    records = run_bench([(Broken, "sgd", 0), (Bowl, "sgd", 0)], tmp_path, progress=False)
+    assert records[0]["status"].startswith("error: RuntimeError: no derivative here")
+    assert records[1]["status"] == "ok"
+    assert "broken|sgd|0 failed" in capsys.readouterr().err
+    assert finished_keys(tmp_path / RESULTS) == {"bowl|sgd|0"}  # --resume retries the error
+
+
+def test_sophia_on_the_gpt_switches_to_double_differentiable_attention():
+    pytest.importorskip("pytorch_optimizer")
+    from deo.bench.lm import CharLM
+
+    task = CharLM("gpt-tiny", model_overrides={"n_layer": 1, "n_head": 2, "n_embd": 16},
+                  block_size=16, batch_size=4, steps=12, eval_every=12, eval_iters=1, warmup=2)
+    record = run_one(task, "deo-sophia", seed=0, progress=False)
+    assert record.status == "ok" and record.final["loss"] < 10

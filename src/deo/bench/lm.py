@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .data import CharCorpus, load_corpus
-from .models import GPT, CharLSTM, LSTMConfig, gpt_config
+from .models import GPT, CharLSTM, LSTMConfig, gpt_config, set_attention
 from .task import Task
 
 MODELS = ("gpt", "lstm")
@@ -64,6 +64,10 @@ class CharLM(Task):
                                             **self.model_overrides)).to(device)
         self._train_generator = torch.Generator().manual_seed(seed)
         self._batches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def enable_double_backward(self) -> None:
+        if self.model == "gpt":  # the fused attention kernels have no double backward
+            set_attention(self._net, "math")
 
     def param_groups(self) -> list[dict[str, Any]]:
         params = list(self._net.parameters())

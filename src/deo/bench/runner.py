@@ -35,6 +35,8 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
                                 base_overrides=getattr(task, "base_overrides", None),
                                 displacement=task.deo_displacement,
                                 max_grad_norm=task.max_grad_norm)
+    if spec.needs_create_graph:
+        task.enable_double_backward()
     record = RunRecord(task.name, optimizer, seed, preset,
                        {"task": task.config(), "optimizer": _describe(opt)})
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -121,22 +123,30 @@ def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str 
         task = make_task()
         if run_key(task.name, optimizer, seed) in done:
             continue
-        record = run_one(task, optimizer, seed, preset=preset, device=device,
-                         progress=progress).to_json()
+        try:
+            record = run_one(task, optimizer, seed, preset=preset, device=device,
+                             progress=progress).to_json()
+        except Exception as err:  # one broken run must not stop the bench: record it
+            failed = RunRecord(task.name, optimizer, seed, preset, {"task": task.config()},
+                               status=f"error: {type(err).__name__}: {err}"[:500])
+            record = failed.to_json()
+            print(f"deo bench: {failed.key} failed: {failed.status}", file=sys.stderr)
         append_record(path, record)
         records.append(record)
     return records
 
 
 def finished_keys(path: Path) -> set[str]:
-    """Keys of the complete records in ``path`` (a torn last line is ignored)."""
+    """Keys of the finished runs in ``path``: torn lines and runs that raised are not."""
     if not path.exists():
         return set()
     keys = set()
     for line in path.read_text().splitlines():
         try:
-            keys.add(json.loads(line)["key"])
-        except (json.JSONDecodeError, KeyError):
+            record = json.loads(line)
+            if not record.get("status", "ok").startswith("error"):
+                keys.add(record["key"])
+        except (json.JSONDecodeError, KeyError, AttributeError):
             continue
     return keys
 

@@ -24,7 +24,8 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
     final        {**last evaluation's metrics, "train_loss": mean of the last 10% of steps}
     escape_step  first step whose loss fell below task.escape_threshold, or None
     spikes       count of steps with loss >= 2x the (positive) mean of the previous 100 steps
-    status       "ok" or "diverged" (non-finite loss; the run stops there)
+    status       "ok", "diverged" (non-finite loss; the run stops there) or "error: ..." (the
+                 run raised; --resume runs it again)
     wall_time, seconds_per_step, gradient_evaluations
     peak_memory_bytes  CUDA: torch.cuda.max_memory_allocated; CPU: the largest resident set
                  size sampled during the run (every eval and every 10 steps; Linux /proc)
@@ -67,6 +68,9 @@ class Task:
 
     def lr_at(self, step: int) -> float:
         return self.lr
+
+    def enable_double_backward(self) -> None:
+        """Make the model twice differentiable (Sophia's Hessian estimate needs it)."""
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if _is_plain(v)}
