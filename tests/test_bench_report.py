@@ -277,3 +277,22 @@ def test_spike_markers_follow_the_runner_spike_rule():
     points = plots.spike_points(series)
     assert [step for step, _ in points] == [250]
     assert len(points) == count_spikes([loss for _, loss in series])
+
+
+def test_diverged_runs_with_huge_losses_still_get_a_report(tmp_path):
+    """Runs that reached 1e308 once broke matplotlib's log-axis labels (OverflowError)."""
+    from deo.bench.report import write_report
+
+    huge = {"key": "t|deo-adamw|0", "task": "t", "optimizer": "deo-adamw", "seed": 0,
+            "preset": "quick", "config": {}, "status": "ok", "escape_step": None, "spikes": 0,
+            "train_loss": [[i, 1e308 if i > 60 else float(i + 1)] for i in range(120)],
+            "evals": [{"step": 100, "loss": 1e308}], "deo": [], "final": {"loss": 1e308},
+            "wall_time": 1.0, "seconds_per_step": 0.01, "peak_memory_bytes": 0,
+            "gradient_evaluations": 120}
+    sane = {**huge, "key": "t|adamw|0", "optimizer": "adamw",
+            "train_loss": [[i, 1.0 / (i + 1)] for i in range(120)],
+            "evals": [{"step": 100, "loss": 0.5}], "final": {"loss": 0.5}}
+    huge_again = {**huge, "key": "t|deo-adamw|1", "seed": 1}  # the mean of two overflows
+    report = write_report(tmp_path, records=[sane, huge, huge_again])
+    text = report.read_text()
+    assert "loses" in text and (tmp_path / "plots" / "t-loss.png").stat().st_size > 0

@@ -16,6 +16,8 @@ from typing import Any
 
 from .task import SPIKE_FACTOR, SPIKE_WINDOW, spike_indices
 
+PLOT_LIMIT = 1e30  # larger values (diverged runs) are not drawn
+
 Run = dict[str, Any]
 Series = Iterable[Sequence[float]]  # [(step, value), ...]
 
@@ -45,7 +47,8 @@ def plot_loss_curves(runs_by_optimizer: Mapping[str, Sequence[Run]],
     for name, runs in runs_by_optimizer.items():
         color = colors[name]
         _draw_band(train_axes, [run["train_loss"] for run in runs], name, color)
-        spikes = [point for run in runs for point in spike_points(run["train_loss"])]
+        spikes = [point for run in runs for point in spike_points(run["train_loss"])
+                  if _plottable(point[1])]
         if spikes:
             steps, losses = zip(*spikes)
             train_axes.scatter(steps, losses, marker="x", s=36, color=color, zorder=3)
@@ -94,11 +97,11 @@ def plot_escape_steps(escape_steps: Mapping[str, Sequence[int | None]],
 
 
 def _draw_band(axes: Any, series: Series, label: str, color: str) -> None:
-    """Mean line and min..max band over seeds; non-finite values are left out."""
+    """Mean line and min..max band over seeds; values that cannot be drawn are left out."""
     by_step: dict[float, list[float]] = {}
     for one_run in series:
         for step, value in one_run:
-            if value is not None and math.isfinite(value):
+            if _plottable(value):
                 by_step.setdefault(step, []).append(value)
     if not by_step:
         return
@@ -107,6 +110,12 @@ def _draw_band(axes: Any, series: Series, label: str, color: str) -> None:
               linewidth=1.2)
     axes.fill_between(steps, [min(by_step[s]) for s in steps],
                       [max(by_step[s]) for s in steps], color=color, alpha=0.2, linewidth=0)
+
+
+def _plottable(value: float | None) -> bool:
+    # A diverged run reaches 1e300 and beyond: its mean overflows and a log axis cannot label
+    # it. Such values are left out of the drawing (the tables still show them).
+    return value is not None and math.isfinite(value) and abs(value) < PLOT_LIMIT
 
 
 def _finish(axes: Any, title: str, ylabel: str) -> None:

@@ -174,8 +174,11 @@ def spread(values: Sequence[float]) -> Spread | None:
     """Mean and sample std of ``values``; None when there are none."""
     if not values:
         return None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return Spread(statistics.fmean(values), std, len(values))
+    try:
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return Spread(statistics.fmean(values), std, len(values))
+    except OverflowError:  # diverged runs near the float limit: the spread is unbounded
+        return Spread(math.inf, math.inf if len(values) > 1 else None, len(values))
 
 
 def judge(task: str, variant: str, base: str, runs: RunsByOptimizer, saddle: bool) -> Verdict:
