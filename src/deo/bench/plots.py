@@ -29,6 +29,16 @@ def require_matplotlib() -> None:
     _figure_classes()
 
 
+def distinct_colors(names: Sequence[str]) -> dict[str, Any]:
+    """One colour per name: matplotlib's 10-colour cycle, or tab20 for up to 20 names."""
+    if len(names) <= 10:
+        return {name: f"C{i}" for i, name in enumerate(names)}
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {name: cmap(i % 20) for i, name in enumerate(names)}
+
+
 def spike_points(train_loss: Sequence[Sequence[float]], factor: float = SPIKE_FACTOR,
                  window: int = SPIKE_WINDOW) -> list[tuple[float, float]]:
     """(step, loss) of each recorded loss >= factor x the mean of the ``window`` before it.

@@ -260,7 +260,7 @@ def failed_runs(runs: RunsByOptimizer) -> list[str]:
 def draw_task_plots(task: str, runs: RunsByOptimizer, saddle: bool,
                     plot_dir: Path) -> list[tuple[str, str]]:
     """Save the task's plots into plot_dir; (caption, path relative to the report) each."""
-    colors = {name: f"C{index % 10}" for index, name in enumerate(runs)}
+    colors = plots.distinct_colors(list(runs))
     deo_runs = {name: group for name, group in runs.items()
                 if base_of(name) is not None and any(run.get("deo") for run in group)}
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
