@@ -7,7 +7,8 @@ import torch
 
 import deo
 from deo.bench.optimizers import NAMES, build_optimizer, parse_optimizer
-from deo.bench.runner import RESULTS, finished_keys, run_bench, run_one
+from deo.bench.runner import finished_keys, run_bench, run_one
+from deo.bench.task import RESULTS_FILE as RESULTS
 from deo.bench.task import Task, count_spikes
 from deo.cli import main
 

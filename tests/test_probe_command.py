@@ -41,7 +41,7 @@ def test_json_report_round_trips(report):
     saved = json.loads(out.read_text())
     assert saved["lambda_min"] == result["lambda_min"]
     assert [r["rule"] for r in saved["rules"]] == ["ritz", "oja"]
-    assert not out.with_name(out.name + ".tmp").exists()
+    assert not list(out.parent.glob("*.tmp"))  # written atomically, no temporary left
 
 
 def test_probe_command_reports_a_missing_data_file(tmp_path, capsys):

@@ -22,6 +22,7 @@ from .. import hessian
 from ..optimizer import DEO
 from .data import CharCorpus, load_corpus
 from .models import GPT, gpt_config, math_attention
+from .report import write_atomically
 
 
 @dataclass
@@ -139,7 +140,9 @@ def run_probe(config: ProbeConfig, out: str | Path | None = None, log=print) -> 
               "lambda_min": truth.lambda_min, "lambda_max": truth.lambda_max,
               "lanczos_matvecs": truth.matvecs, "rules": rules}
     if out is not None:
-        write_json_atomic(Path(out), report)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(out, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     return report
 
 
@@ -151,11 +154,3 @@ def format_rule(result: dict, lambda_min: float) -> str:
             f"{result['curvature_estimate']:+.4f}), cos(N, v_min) {result['cos_v_min']:.3f}; "
             f"target (cos >= 0.95, within 5%) "
             f"{'reached at ' + str(reached) if reached else 'not reached'}")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
+from .task import RESULTS_FILE
 
-RESULTS_FILE = "results.jsonl"  # what the runner appends to (runner.RESULTS)
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 RELATIVE_FLOOR = 0.01  # a difference within 1% of the base's mean is a tie

@@ -21,9 +21,7 @@ import torch
 
 from ..optimizer import DEO
 from .optimizers import build_optimizer
-from .task import RunRecord, Task, count_spikes, run_key
-
-RESULTS = "results.jsonl"
+from .task import RESULTS_FILE, RunRecord, Task, count_spikes, run_key
 
 
 def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: str = "cpu",
@@ -113,7 +111,7 @@ def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str 
     """Run each (task factory, optimizer, seed) not yet in out_dir/results.jsonl."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS
+    path = out_dir / RESULTS_FILE
     done = finished_keys(path)
     if done and not resume:
         raise FileExistsError(f"{path} already holds {len(done)} finished runs; pass --resume "

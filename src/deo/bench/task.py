@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+RESULTS_FILE = "results.jsonl"  # in the bench's output folder: one RunRecord per line
 SPIKE_FACTOR = 2.0  # a spike: loss >= SPIKE_FACTOR x the mean of the previous SPIKE_WINDOW
 SPIKE_WINDOW = 100
 
