@@ -28,6 +28,9 @@ def params():
     ({"scope": "layer"}, ValueError, r"scope: expected one of \['global', 'tensor'\]"),
     ({"max_grad_norm": 0.0}, ValueError, r"max_grad_norm"),
     ({"seed": 1.5}, TypeError, r"seed: expected an int"),
+    ({"direction_dtype": torch.int32}, ValueError, r"direction_dtype: expected None or a floa"),
+    ({"direction_dtype": "bfloat16"}, ValueError, r"direction_dtype"),
+    ({"compile_step": 1}, TypeError, r"compile_step: expected True or False"),
 ])
 def test_invalid_settings_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):

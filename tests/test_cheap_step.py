@@ -46,3 +46,27 @@ def test_the_sync_detector_catches_a_sync(forbid_host_sync):
     forbid_host_sync()
     with pytest.raises(AssertionError, match="host sync"):
         float(torch.ones(()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA sync detector needs CUDA")
+@pytest.mark.parametrize("direction_dtype", [None, torch.bfloat16])
+def test_cheap_step_does_not_sync_with_a_cuda_device(direction_dtype):
+    torch.manual_seed(0)
+    model = MLP(batchnorm=False).cuda()
+    x, y = torch.randn(32, 6, device="cuda"), torch.randn(32, 1, device="cuda")
+    opt = deo.DEO(model.parameters(), lr=1e-2, fused=True, max_grad_norm=1.0,
+                  direction_dtype=direction_dtype)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+    opt.step(closure)  # probe step: may sync (once, by design)
+    closure()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()  # the whole cheap step, fused AdamW included
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -10,6 +10,7 @@ import math
 import numbers
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -64,7 +65,8 @@ def _is_real(x: Any) -> bool:
 
 
 def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, probes_per_update,
-                   hessian_memory, ritz_window, seed, scope, max_grad_norm) -> None:
+                   hessian_memory, ritz_window, seed, scope, max_grad_norm,
+                   direction_dtype=None, compile_step=False) -> None:
     if not (_is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
     if not (_is_int(interval) and interval >= 1):
@@ -95,3 +97,9 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
                                           and math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"max_grad_norm: expected None or a finite float > 0, "
                          f"got {max_grad_norm!r}")
+    if direction_dtype is not None and not (isinstance(direction_dtype, torch.dtype)
+                                            and direction_dtype.is_floating_point):
+        raise ValueError(f"direction_dtype: expected None or a floating torch.dtype "
+                         f"(e.g. torch.bfloat16, torch.float32), got {direction_dtype!r}")
+    if not isinstance(compile_step, bool):
+        raise TypeError(f"compile_step: expected True or False, got {compile_step!r}")

@@ -23,11 +23,25 @@ from .distributed import dot
 
 
 def paper_correction_(grads: list[Tensor], direction: list[Tensor], alpha: float) -> Tensor:
-    """g <- g - alpha (g . N) N in place; returns g . N (a 0-d tensor, measured before)."""
+    """g <- g - alpha (g . N) N in place; returns g . N (a 0-d tensor, measured before).
+
+    Two passes over parameter-sized memory and no temporary of that size: one dot product
+    (reads g and N) and one in-place multiply-add (reads g and N, writes g). N may be kept in
+    a narrower dtype than g (``direction_dtype=torch.bfloat16``); the products are formed in
+    g's precision.
+    """
     projection = dot(grads, direction)
-    step = torch._foreach_mul(direction, projection * -alpha)
-    torch._foreach_add_(grads, [s.to(g.dtype) for s, g in zip(step, grads)])
+    add_scaled_(grads, direction, projection * -alpha)
     return projection
+
+
+def add_scaled_(xs: list[Tensor], ys: list[Tensor], coefficient: Tensor) -> None:
+    """xs <- xs + coefficient * ys in place, with ``coefficient`` a 0-d tensor on the device.
+
+    A multiply-add with a broadcast 0-d factor: no host sync (unlike ``alpha=float(c)``) and
+    no parameter-sized temporary (unlike ``_foreach_add_(xs, _foreach_mul(ys, c))``).
+    """
+    torch._foreach_addcmul_(xs, ys, [coefficient] * len(xs))
 
 
 CORRECTIONS = {"paper": paper_correction_}

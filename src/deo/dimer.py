@@ -18,7 +18,8 @@ for ``scope="global"``, one tensor each for ``scope="tensor"``).
 
 A rotation rule turns N towards the minimum-curvature direction. It receives ``hvp(v)``, which
 evaluates one finite-difference H v on the current batch (one displaced gradient, restored
-exactly), and may call it up to ``settings.budget`` times per probe step:
+exactly) into fresh tensors that the rule owns and may overwrite, and may call it up to
+``settings.budget`` times per probe step:
 
 * ``oja_rule``: the paper's rule, one Oja step N <- normalize(N + lr F) per evaluation;
 * ``ritz_rule``: Rayleigh-Ritz in span{N, previous change of N, residual}, LOBPCG-style. It
@@ -79,12 +80,20 @@ def rotate_oja(direction: list[Tensor], hvp: list[Tensor], curv: Tensor,
     stable only for lr < 2 / (lambda_max - lambda_min), a scale unknown in advance, and with
     the paper's lr = 1e-3 it barely moves N on real networks (design.md, section 2).
     """
-    force = rotational_force(direction, hvp, curv)
-    torch._foreach_mul_(force, lr)
-    torch._foreach_add_(force, direction)
-    return normalize(force)
+    return rotate_oja_([h.clone() for h in hvp], direction, curv, lr)
 
 
+def rotate_oja_(hvp: list[Tensor], direction: list[Tensor], curv: Tensor,
+                lr: float) -> list[Tensor]:
+    """``rotate_oja`` written into the buffer of ``hvp`` (overwritten and returned).
+
+    N + lr F = N + lr (C N - HN) = (1 + lr C) N - lr HN: one scaling and one multiply-add in
+    place, so a rotation needs no parameter-sized memory beyond the HN it consumes.
+    """
+    torch._foreach_mul_(hvp, -lr)
+    torch._foreach_addcmul_(hvp, direction, [(1 + lr * curv).to(hvp[0].dtype)] * len(hvp))
+    torch._foreach_div_(hvp, norm(hvp))
+    return hvp
 
 
 HvpFn = Callable[[list[Tensor]], list[Tensor]]
@@ -110,6 +119,9 @@ def oja_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
              settings: RotationSettings) -> Rotation:
     """``settings.budget`` Oja steps on the current batch, each block of N rotated on its own.
 
+    Each step rotates in the buffer of the H N it just evaluated (``rotate_oja_``): the probe's
+    transient memory stays at the saved parameters plus one gradient-sized buffer.
+
     The curvature returned is the one measured at the last evaluation (before its rotation);
     with several blocks (``scope="tensor"``), the minimum over blocks.
     """
@@ -121,7 +133,7 @@ def oja_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
             n_b, h_b = [direction[i] for i in block], [hn[i] for i in block]
             curv = curvature(n_b, h_b)
             curvatures.append(curv)
-            for i, rotated in zip(block, rotate_oja(n_b, h_b, curv, settings.lr)):
+            for i, rotated in zip(block, rotate_oja_(h_b, n_b, curv, settings.lr)):
                 new[i] = rotated
         direction = new
     return Rotation(direction, torch.stack(curvatures).min(), state)
@@ -192,11 +204,12 @@ def residual_direction(basis: list[list[Tensor]], products: list[list[Tensor]]):
     n, hn = basis[0], products[0]
     residual = _axpy(hn, n, -curvature(n, hn))
     for b in basis:  # Gram-Schmidt against the whole basis, for round-off
-        residual = _axpy(residual, b, -dot(residual, b))
+        _axpy_(residual, b, -dot(residual, b))
     size = norm(residual)
     if not bool(size > 1e-9 * norm(hn)):
         return None
-    return list(torch._foreach_div(residual, size))
+    torch._foreach_div_(residual, size)
+    return residual
 
 
 def ritz_update(basis: list[list[Tensor]], products: list[list[Tensor]]):
@@ -205,13 +218,15 @@ def ritz_update(basis: list[list[Tensor]], products: list[list[Tensor]]):
     y = y * torch.where(y[0] < 0, -1.0, 1.0)  # keep the orientation of N (sign is free)
     new_n, new_hn = _combine(basis, y), _combine(products, y)
     scale = norm(new_n)
-    new_n, new_hn = torch._foreach_div(new_n, scale), torch._foreach_div(new_hn, scale)
+    torch._foreach_div_(new_n, scale)
+    torch._foreach_div_(new_hn, scale)
     new_p, new_hp = _combine(basis[1:], y[1:]), _combine(products[1:], y[1:])
     p_size = norm(new_p)
     if not bool(p_size > 1e-12):
-        return list(new_n), list(new_hn), None, None
-    return (list(new_n), list(new_hn), list(torch._foreach_div(new_p, p_size)),
-            list(torch._foreach_div(new_hp, p_size)))
+        return new_n, new_hn, None, None
+    torch._foreach_div_(new_p, p_size)
+    torch._foreach_div_(new_hp, p_size)
+    return new_n, new_hn, new_p, new_hp
 
 
 def lowest_ritz_vector(basis: list[list[Tensor]], products: list[list[Tensor]]) -> Tensor:
@@ -226,15 +241,22 @@ def lowest_ritz_vector(basis: list[list[Tensor]], products: list[list[Tensor]]) 
 def _append_unit(basis, products, v, hv) -> None:
     size = norm(v)
     if bool(size > 1e-6):
-        basis.append(list(torch._foreach_div(v, size)))
-        products.append(list(torch._foreach_div(hv, size)))
+        torch._foreach_div_(v, size)
+        torch._foreach_div_(hv, size)
+        basis.append(v)
+        products.append(hv)
 
 
 def _axpy(x: list[Tensor], y: list[Tensor], a: Tensor) -> list[Tensor]:
     """x + a y as new tensors."""
-    out = torch._foreach_mul(y, a.to(y[0].dtype))
-    torch._foreach_add_(out, x)
-    return list(out)
+    out = [t.clone() for t in x]
+    _axpy_(out, y, a)
+    return out
+
+
+def _axpy_(x: list[Tensor], y: list[Tensor], a: Tensor) -> None:
+    """x <- x + a y in place (a a 0-d tensor): no temporary the size of x."""
+    torch._foreach_addcmul_(x, y, [a.to(x[0].dtype)] * len(x))
 
 
 def _combine(vectors: list[list[Tensor]], coeffs: Tensor) -> list[Tensor]:
@@ -242,7 +264,7 @@ def _combine(vectors: list[list[Tensor]], coeffs: Tensor) -> list[Tensor]:
     coeffs = coeffs.to(vectors[0][0].dtype)
     out = list(torch._foreach_mul(vectors[0], coeffs[0]))
     for k in range(1, len(vectors)):
-        torch._foreach_add_(out, torch._foreach_mul(vectors[k], coeffs[k]))
+        _axpy_(out, vectors[k], coeffs[k])
     return out
 
 

@@ -34,13 +34,24 @@ def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
         raise ValueError("dot: empty tensor lists")
     dtype = _widest_dtype([*xs, *ys])
     if not _has_dtensor([*xs, *ys]):
-        parts = [torch.dot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype))
-                 for x, y in zip(xs, ys)]
+        parts = [_flat_dot(x, y, dtype) for x, y in zip(xs, ys)]
         return torch.stack(parts).sum() if len(parts) > 1 else parts[0]
     pairs = [_local_pair(x, y) for x, y in zip(xs, ys)]
-    return _sum_over_shards(
-        [(group, torch.dot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype)))
-         for group, x, y in pairs])
+    return _sum_over_shards([(group, _flat_dot(x, y, dtype)) for group, x, y in pairs])
+
+
+_CPU_CAST_CHUNK = 1 << 18  # elements widened at a time for a mixed-dtype dot on the CPU
+
+
+def _flat_dot(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
+    """<x, y> in ``dtype``. torch.dot wants one dtype, so a narrower operand (a bf16 N) is
+    widened; on the CPU in cache-sized chunks, since a tensor-sized temporary costs more in
+    page faults than the dot itself (on a GPU the caching allocator makes it cheap)."""
+    x, y = x.reshape(-1), y.reshape(-1)
+    if x.dtype == y.dtype == dtype or x.device.type != "cpu" or x.numel() <= _CPU_CAST_CHUNK:
+        return torch.dot(x.to(dtype), y.to(dtype))
+    return torch.stack([torch.dot(a.to(dtype), b.to(dtype)) for a, b in
+                        zip(x.split(_CPU_CAST_CHUNK), y.split(_CPU_CAST_CHUNK))]).sum()
 
 
 def norm(xs: list[Tensor]) -> Tensor:

@@ -98,6 +98,14 @@ class DEO(Optimizer):
             N per parameter tensor, as the authors' code; ``curvature`` is then the minimum
             over tensors).
         max_grad_norm: if set (> 0), clip the corrected gradient to this total norm.
+        direction_dtype: dtype in which N is kept, a floating ``torch.dtype``; ``None`` (the
+            default) keeps it in the parameter's dtype, at least float32. ``torch.bfloat16``
+            halves N's memory and the cheap step's reads of it; rotations are computed in the
+            gradient's precision and rounded into N (accuracy: benchmarks/README.md).
+        compile_step: run the cheap step (correction, clipping and the base step) through
+            ``torch.compile``, compiled at the first non-probe step. Keep the learning rate a
+            tensor (``lr=torch.tensor(1e-3)``) if a scheduler changes it, or every new value
+            recompiles (as for any compiled torch optimizer). Probe steps run eagerly.
         **base_kwargs: passed to ``base`` when it is a class (e.g. ``lr=1e-3``).
 
     Attributes:
@@ -125,13 +133,16 @@ class DEO(Optimizer):
         seed: int = 0,
         scope: str = "global",
         max_grad_norm: float | None = None,
+        direction_dtype: torch.dtype | None = None,
+        compile_step: bool = False,
         **base_kwargs: Any,
     ) -> None:
         check_settings(alpha=alpha, interval=interval, displacement=displacement,
                        rotation_lr=rotation_lr, rotation=rotation,
                        probes_per_update=probes_per_update, hessian_memory=hessian_memory,
                        ritz_window=ritz_window,
-                       seed=seed, scope=scope, max_grad_norm=max_grad_norm)
+                       seed=seed, scope=scope, max_grad_norm=max_grad_norm,
+                       direction_dtype=direction_dtype, compile_step=compile_step)
         if isinstance(base, DEO) or (isinstance(base, type) and issubclass(base, DEO)):
             raise TypeError("base: DEO cannot wrap another DEO")
         self.base = build_base(params, base, base_kwargs)
@@ -152,6 +163,9 @@ class DEO(Optimizer):
         self.seed = int(seed)
         self.scope = scope
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.direction_dtype = direction_dtype
+        self.compile_step = bool(compile_step)
+        self._compiled_cheap_step: Callable[[], None] | None = None
         self.steps = 0  # DEO steps taken; probe steps are those with steps % interval == 0
         device = self._params()[0].device
         nan = torch.full((), math.nan, device=device)
@@ -218,14 +232,22 @@ class DEO(Optimizer):
 
     def _update(self, is_probe: bool) -> None:
         """Correct (and clip) the gradients in .grad, then let the base optimizer step."""
+        if self.compile_step and not is_probe:
+            if self._compiled_cheap_step is None:
+                self._compiled_cheap_step = torch.compile(self._correct_and_step)
+            self._compiled_cheap_step()
+        else:
+            self._correct_and_step(record=is_probe)
+        self.steps += 1
+
+    def _correct_and_step(self, record: bool = False) -> None:
         with_grad = [p for p in self._params() if p.grad is not None]
         if with_grad:
             self._correct([p.grad for p in with_grad],
-                          [self.state[p][_DIRECTION] for p in with_grad], record=is_probe)
+                          [self.state[p][_DIRECTION] for p in with_grad], record=record)
             if self.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(with_grad, self.max_grad_norm)
         self.base.step()
-        self.steps += 1
 
     def _probe(self, closure: Callable[[], Tensor], rng_before: dict,
                scaler: torch.amp.GradScaler | None = None) -> bool:
@@ -235,12 +257,17 @@ class DEO(Optimizer):
         scaler the step goes on, warned once; with one it is an overflow for the scaler.
         """
         rule = dimer.ROTATION_RULES[self.rotation]
-        old = [n.clone() for n in self.direction]
+        # Rotations are computed in the gradient's precision (at least float32). Oja's rule
+        # reads a narrower N as it is; the Ritz rule combines many vectors, so a bf16 N is
+        # widened for it (a transient copy).
+        precise = [_direction_dtype(p) for p in self._params()]
+        working = self.direction if self.rotation == "oja" else _as_dtypes(self.direction,
+                                                                           precise)
         with DisplacedGradients(self._params(), closure, rng_before,
                                 self.displacement) as probe:
             try:
-                result = rule(self.direction, lambda v: _as_dtypes(probe.hvp(v), old),
-                              self._rule_state(), self._rotation_settings(len(old)))
+                result = rule(working, lambda v: _as_dtypes(probe.hvp(v), precise),
+                              self._rule_state(), self._rotation_settings(len(working)))
             except NonFiniteProbe:
                 result = None
             finally:
@@ -252,14 +279,15 @@ class DEO(Optimizer):
                 self._skipped_probes += 1
                 record_overflow(scaler, self)
             return False
-        copy_(self.direction, result.direction)
-        self._store_rule_state(result.state)
-        self._stats["curvature"] = result.curvature
         # N and -N are the same direction to DEO. In tensor scope the concatenation of k unit
         # blocks over sqrt(k) is a unit vector whose cosine is the mean of the blocks'.
+        old = self.direction  # measured before N is overwritten: no copy of the old N
         cosines = [dot([old[i] for i in b], [result.direction[i] for i in b]).abs()
                    for b in self._blocks(len(old))]
         self._stats["angle"] = torch.arccos(torch.stack(cosines).mean().clamp(max=1.0))
+        copy_(old, result.direction)
+        self._store_rule_state(result.state)
+        self._stats["curvature"] = result.curvature
         return True
 
     def _rotation_settings(self, count: int) -> dimer.RotationSettings:
@@ -322,13 +350,15 @@ class DEO(Optimizer):
         N is then this rank's shards of that draw, laid out like the parameter: the same N as
         in a single process with the same seed, whatever the sharding.
         """
-        draws = [shard_like(torch.randn(p.shape, generator=generator).to(p.device,
-                                                                         _direction_dtype(p)), p)
-                 for p in params]
+        draws = [shard_like(torch.randn(p.shape, generator=generator).to(
+            p.device, _direction_dtype(p)), p) for p in params]
         for block in self._blocks(len(draws)):
             unit = dimer.normalize([draws[i] for i in block])
             for i, n in zip(block, unit):
-                self.state[params[i]][_DIRECTION] = n
+                self.state[params[i]][_DIRECTION] = n.to(self._stored_dtype(params[i]))
+
+    def _stored_dtype(self, p: Tensor) -> torch.dtype:
+        return self.direction_dtype or _direction_dtype(p)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups is not self.base.param_groups:
@@ -343,7 +373,7 @@ class DEO(Optimizer):
             self._init_direction(new, generator)
         else:  # zero components keep the global N a unit vector; rotation fills them in
             for p in new:
-                self.state[p][_DIRECTION] = torch.zeros_like(p, dtype=_direction_dtype(p))
+                self.state[p][_DIRECTION] = torch.zeros_like(p, dtype=self._stored_dtype(p))
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -404,7 +434,10 @@ class DEO(Optimizer):
                 "probes_per_update": self.probes_per_update,
                 "hessian_memory": self.hessian_memory, "ritz_window": self.ritz_window,
                 "seed": self.seed,
-                "scope": self.scope, "max_grad_norm": self.max_grad_norm}
+                "scope": self.scope, "max_grad_norm": self.max_grad_norm,
+                "direction_dtype": None if self.direction_dtype is None
+                else str(self.direction_dtype).removeprefix("torch."),
+                "compile_step": self.compile_step}
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
@@ -413,8 +446,10 @@ class DEO(Optimizer):
 
 # -- construction helpers --------------------------------------------------------------------
 
-def _as_dtypes(tensors: list[Tensor], like: list[Tensor]) -> list[Tensor]:
-    return [t.to(ref.dtype) for t, ref in zip(tensors, like)]
+def _as_dtypes(tensors: list[Tensor], like: list[Tensor] | list[torch.dtype]) -> list[Tensor]:
+    """Each tensor in the dtype of its reference (itself, not a copy, where it matches)."""
+    return [t.to(ref if isinstance(ref, torch.dtype) else ref.dtype)
+            for t, ref in zip(tensors, like)]
 
 
 def _direction_dtype(p: Tensor) -> torch.dtype:

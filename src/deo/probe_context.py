@@ -138,13 +138,13 @@ class DisplacedGradients:
         return hvp
 
     def _displace(self, vector: list[torch.Tensor]) -> None:
-        step = [v.to(p.dtype) for v, p in zip(vector, self.params)]
         with torch.no_grad():
             if self.swap:
-                for p, origin, s in zip(self.params, self.saved, step):
-                    p.data = origin + self.displacement * s
-            else:  # the parameters hold the saved values: every hvp restores them
-                torch._foreach_add_(self.params, step, alpha=self.displacement)
+                for p, origin, v in zip(self.params, self.saved, vector):
+                    p.data = origin + (self.displacement * v).to(p.dtype)
+            else:  # the parameters hold the saved values: every hvp restores them. A v in
+                # another dtype (a bf16 N) is cast element by element: no widened copy of v.
+                torch._foreach_add_(self.params, list(vector), alpha=self.displacement)
 
     def _restore_params(self) -> None:
         with torch.no_grad():
