@@ -3,6 +3,8 @@
     sgd, adam, adamw, sophia, pgd          the baselines
     deo-<base>                             DEO in the paper's mode (rotation "oja", its defaults)
     deo-<base>-ritz                        DEO with the scale-free Ritz rotation
+    deo-oracle-<base>                      N from Lanczos on the exact batch Hessian (oracle.py;
+                                           sgd, adam, adamw; slow: small models only)
     <name>:key=value,key=value             any of the above with DEO settings changed,
                                            e.g. "deo-adamw:interval=5", "deo-adamw:alpha=1"
 
@@ -19,6 +21,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..optimizer import DEO
+from .oracle import OracleDEO
 from .pgd import PerturbedGD
 
 BASES = ("sgd", "adam", "adamw", "sophia", "pgd")
@@ -27,6 +30,7 @@ DEO_SETTINGS = ("alpha", "interval", "displacement", "rotation_lr", "probes_per_
                 "hessian_memory", "ritz_window", "seed")
 NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
          *(f"deo-{b}-ritz" for b in BASES if b != "pgd"))
+ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("sgd", "adam", "adamw"))  # not in NAMES: slow
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,13 @@ class OptimizerSpec:
 def parse_optimizer(name: str) -> OptimizerSpec:
     """'deo-adamw-ritz:interval=5' -> OptimizerSpec(base='adamw', rotation='ritz', {...})."""
     head, _, tail = name.partition(":")
-    if head not in NAMES:
-        raise ValueError(f"optimizer: unknown name {head!r}; expected one of {list(NAMES)}, "
+    if head not in NAMES + ORACLE_NAMES:
+        raise ValueError(f"optimizer: unknown name {head!r}; expected one of "
+                         f"{list(NAMES + ORACLE_NAMES)}, "
                          f"optionally followed by ':key=value,...' with keys {list(DEO_SETTINGS)}")
-    if head.startswith("deo-"):
+    if head in ORACLE_NAMES:
+        base, rotation = head.removeprefix("deo-oracle-"), "oracle"
+    elif head.startswith("deo-"):
         base, _, rotation = head[4:].partition("-")
         rotation = rotation or "oja"
     else:
@@ -72,6 +79,9 @@ def build_optimizer(name: str, param_groups: list[dict[str, Any]], *, lr: float,
     if spec.rotation is None:
         return base_cls(param_groups, **base_kwargs), spec
     settings = {"displacement": displacement, **spec.options}
+    if spec.rotation == "oracle":
+        return OracleDEO(param_groups, base=base_cls, max_grad_norm=max_grad_norm, **settings,
+                         **base_kwargs), spec
     return DEO(param_groups, base=base_cls, rotation=spec.rotation,
                max_grad_norm=max_grad_norm, **settings, **base_kwargs), spec
 

@@ -21,6 +21,7 @@ import torch
 
 from ..optimizer import DEO
 from .optimizers import build_optimizer
+from .oracle import OracleDEO
 from .task import RESULTS_FILE, RunRecord, Task, count_spikes, run_key
 
 
@@ -59,7 +60,9 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
 
         with warnings.catch_warnings():  # SophiaH's create_graph: grads are reset every step
             warnings.filterwarnings("ignore", message="Using backward.. with create_graph=True")
-            if isinstance(opt, DEO):  # DEO clips inside, after its finite difference
+            if isinstance(opt, OracleDEO):  # its exact Hessian needs the loss without backward
+                loss = opt.step(closure, loss_fn=loss_fn)
+            elif isinstance(opt, DEO):  # DEO clips inside, after its finite difference
                 loss = opt.step(closure)
             else:
                 loss = closure()
@@ -164,7 +167,7 @@ def append_record(path: Path, record: dict) -> None:
 
 def _describe(opt) -> dict:
     if isinstance(opt, DEO):
-        return {"class": "DEO", "base": type(opt.base).__name__, **opt.settings()}
+        return {"class": type(opt).__name__, "base": type(opt.base).__name__, **opt.settings()}
     return {"class": type(opt).__name__}
 
 
