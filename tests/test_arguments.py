@@ -31,6 +31,11 @@ def params():
     ({"direction_dtype": torch.int32}, ValueError, r"direction_dtype: expected None or a floa"),
     ({"direction_dtype": "bfloat16"}, ValueError, r"direction_dtype"),
     ({"compile_step": 1}, TypeError, r"compile_step: expected True or False"),
+    ({"alpha_rule": "adaptive"}, ValueError, r"alpha_rule: expected one of \['fixed', 'curv"),
+    ({"interval_rule": "cosine"}, ValueError, r"interval_rule: expected one of \['fixed'"),
+    ({"trigger": "loss"}, ValueError, r"trigger: expected one of \['always', 'spike'\]"),
+    ({"escape_step": -1.0}, ValueError, r"escape_step: expected a finite float >= 0"),
+    ({"escape_step": 1.0, "scope": "tensor"}, ValueError, r"escape_step: .* scope='global'"),
 ])
 def test_invalid_settings_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import dimer
+from . import dimer, policies
 
 SCOPES = ("global", "tensor")
 
@@ -66,7 +66,8 @@ def _is_real(x: Any) -> bool:
 
 def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, probes_per_update,
                    hessian_memory, ritz_window, seed, scope, max_grad_norm,
-                   direction_dtype=None, compile_step=False) -> None:
+                   direction_dtype=None, compile_step=False, alpha_rule="fixed",
+                   interval_rule="fixed", trigger="always", escape_step=0.0) -> None:
     if not (_is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
     if not (_is_int(interval) and interval >= 1):
@@ -103,3 +104,13 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
                          f"(e.g. torch.bfloat16, torch.float32), got {direction_dtype!r}")
     if not isinstance(compile_step, bool):
         raise TypeError(f"compile_step: expected True or False, got {compile_step!r}")
+    for name, value, accepted in (("alpha_rule", alpha_rule, policies.ALPHA_RULES),
+                                  ("interval_rule", interval_rule, policies.INTERVAL_RULES),
+                                  ("trigger", trigger, policies.TRIGGERS)):
+        if value not in accepted:
+            raise ValueError(f"{name}: expected one of {list(accepted)}, got {value!r}")
+    if not (_is_real(escape_step) and math.isfinite(escape_step) and escape_step >= 0):
+        raise ValueError(f"escape_step: expected a finite float >= 0, got {escape_step!r}")
+    if escape_step > 0 and scope != "global":
+        raise ValueError("escape_step: the negative-curvature step moves along one global N; "
+                         "use scope='global'")

@@ -11,15 +11,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import dimer
+from . import checkpoint, dimer, policies
 from .amp import finite_after_unscale, record_overflow, unscaling
 from .arguments import build_base, check_settings, default_displacement
-from .corrections import paper_correction_
+from .corrections import escape_along_negative_curvature_, paper_correction_
 from .distributed import copy_, dot, norm, shard_like
 from .probe_context import DisplacedGradients, NonFiniteProbe, capture_rng_state
 
-_DIRECTION = "direction"  # per-parameter state key of N
-_SAVED_PREFIX = "deo_"  # DEO's keys inside state_dict()["state"][index] start with it
+_DIRECTION = checkpoint.DIRECTION  # per-parameter state key of N
 
 _MISSING_CLOSURE = (
     "DEO.step() needs a closure on probe steps (steps 0, interval, 2*interval, ...; this is "
@@ -102,6 +101,16 @@ class DEO(Optimizer):
             default) keeps it in the parameter's dtype, at least float32. ``torch.bfloat16``
             halves N's memory and the cheap step's reads of it; rotations are computed in the
             gradient's precision and rounded into N (accuracy: benchmarks/README.md).
+        alpha_rule: ``"fixed"`` (paper) or ``"curvature"`` (alpha only while C < 0), see
+            :mod:`deo.policies`.
+        interval_rule: ``"fixed"`` (a probe every ``interval`` steps, paper) or ``"angle"``
+            (the gap adapts to how fast N turns, between 1 and 4 x ``interval``).
+        trigger: ``"always"`` (paper) or ``"spike"`` (hybrid: the plain base optimizer until
+            the loss jumps, then a probe and ``interval`` corrected steps; needs a closure on
+            every step and reads the loss on the host every step).
+        escape_step: ``s >= 0``; on probe steps with C < 0, also move the parameters by
+            ``s |C|`` along N, downhill (-sign(g.N) N): the negative-curvature step of
+            saddle-escape methods, which the projection lacks. 0 (default): off.
         compile_step: run the cheap step (correction, clipping and the base step) through
             ``torch.compile``, compiled at the first non-probe step. Keep the learning rate a
             tensor (``lr=torch.tensor(1e-3)``) if a scheduler changes it, or every new value
@@ -135,6 +144,10 @@ class DEO(Optimizer):
         max_grad_norm: float | None = None,
         direction_dtype: torch.dtype | None = None,
         compile_step: bool = False,
+        alpha_rule: str = "fixed",
+        interval_rule: str = "fixed",
+        trigger: str = "always",
+        escape_step: float = 0.0,
         **base_kwargs: Any,
     ) -> None:
         check_settings(alpha=alpha, interval=interval, displacement=displacement,
@@ -142,7 +155,9 @@ class DEO(Optimizer):
                        probes_per_update=probes_per_update, hessian_memory=hessian_memory,
                        ritz_window=ritz_window,
                        seed=seed, scope=scope, max_grad_norm=max_grad_norm,
-                       direction_dtype=direction_dtype, compile_step=compile_step)
+                       direction_dtype=direction_dtype, compile_step=compile_step,
+                       alpha_rule=alpha_rule, interval_rule=interval_rule, trigger=trigger,
+                       escape_step=escape_step)
         if isinstance(base, DEO) or (isinstance(base, type) and issubclass(base, DEO)):
             raise TypeError("base: DEO cannot wrap another DEO")
         self.base = build_base(params, base, base_kwargs)
@@ -166,7 +181,11 @@ class DEO(Optimizer):
         self.direction_dtype = direction_dtype
         self.compile_step = bool(compile_step)
         self._compiled_cheap_step: Callable[[], None] | None = None
-        self.steps = 0  # DEO steps taken; probe steps are those with steps % interval == 0
+        self.alpha_rule, self.interval_rule, self.trigger = alpha_rule, interval_rule, trigger
+        self.escape_step = float(escape_step)
+        self.steps = 0  # DEO steps taken
+        self._next_probe, self._probe_gap = 0, 1  # interval_rule="angle"
+        self._spikes = policies.SpikeTrigger()  # trigger="spike"
         device = self._params()[0].device
         nan = torch.full((), math.nan, device=device)
         self._stats = {"curvature": nan, "angle": nan.clone(), "grad_share": nan.clone()}
@@ -208,44 +227,81 @@ class DEO(Optimizer):
         scaler as an overflow), and calls ``scaler.update()``. Like ``scaler.step``, this
         reads the inf flag on the host once per step.
         """
-        is_probe = self.steps % self.interval == 0
-        if is_probe and closure is None:
+        scheduled = self._probe_is_due()
+        if closure is None and (scheduled or self.trigger != "always"):
             raise RuntimeError(_MISSING_CLOSURE.format(step=self.steps, interval=self.interval))
         scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
-        rng_before = capture_rng_state() if is_probe else None
+        rng_before = capture_rng_state() if scheduled or self.trigger != "always" else None
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        is_probe, correct = self._decide(scheduled, loss)
         if scaler is None:
             if is_probe:
                 self._probe(closure, rng_before)
-            self._update(is_probe)
+            self._update(is_probe, correct)
             return loss
         scaler.unscale_(self)
         if finite_after_unscale(scaler, self) and (
                 not is_probe or self._probe(unscaling(closure, self._params(), scaler),
                                             rng_before, scaler)):
-            self._update(is_probe)
+            self._update(is_probe, correct)
         scaler.update()
         return loss
 
-    def _update(self, is_probe: bool) -> None:
+    def _probe_is_due(self) -> bool:
+        if self.trigger != "always":  # the trigger decides, after the loss is known
+            return False
+        if self.interval_rule == "fixed":
+            return self.steps % self.interval == 0
+        return self.steps >= self._next_probe
+
+    def _decide(self, scheduled: bool, loss: Tensor | None) -> tuple[bool, bool]:
+        """(probe on this step, correct this step's gradient)."""
+        if self.trigger == "always":
+            return scheduled, True
+        jump = self._spikes.observe(self.steps, float(loss), self.interval)  # one host sync
+        return jump, self._spikes.active(self.steps)
+
+    def _update(self, is_probe: bool, correct: bool = True) -> None:
         """Correct (and clip) the gradients in .grad, then let the base optimizer step."""
-        if self.compile_step and not is_probe:
+        if not correct:  # hybrid DEO between triggers: the base optimizer alone
+            self._clip_and_step()
+        elif self.compile_step and not is_probe:
             if self._compiled_cheap_step is None:
                 self._compiled_cheap_step = torch.compile(self._correct_and_step)
             self._compiled_cheap_step()
         else:
-            self._correct_and_step(record=is_probe)
+            projection = self._correct_and_step(record=is_probe)
+            if is_probe and self.escape_step > 0 and projection is not None:
+                escape_along_negative_curvature_(self._params(), self.direction, projection,
+                                                 self.curvature, self.escape_step)
+        if is_probe and self.interval_rule == "angle":
+            # A Ritz cycle spread over probe steps (budget 1) only turns N when it completes:
+            # the gap adapts to the angles of completed rotations.
+            if self._rule_scalars.get("phase", 0) == 0:
+                self._probe_gap = policies.next_probe_gap(
+                    self._probe_gap, float(self._stats["angle"]), self.interval)
+            self._next_probe = self.steps + self._probe_gap
         self.steps += 1
 
-    def _correct_and_step(self, record: bool = False) -> None:
+    def _correct_and_step(self, record: bool = False) -> Tensor | None:
+        """Correct the gradients, clip, step the base; g . N (global scope) when recorded."""
         with_grad = [p for p in self._params() if p.grad is not None]
+        projection = None
         if with_grad:
-            self._correct([p.grad for p in with_grad],
-                          [self.state[p][_DIRECTION] for p in with_grad], record=record)
-            if self.max_grad_norm is not None:
+            projection = self._correct([p.grad for p in with_grad],
+                                       [self.state[p][_DIRECTION] for p in with_grad],
+                                       record=record)
+        self._clip_and_step(with_grad)
+        return projection
+
+    def _clip_and_step(self, with_grad: list[Tensor] | None = None) -> None:
+        if self.max_grad_norm is not None:
+            with_grad = with_grad if with_grad is not None else [
+                p for p in self._params() if p.grad is not None]
+            if with_grad:
                 torch.nn.utils.clip_grad_norm_(with_grad, self.max_grad_norm)
         self.base.step()
 
@@ -315,14 +371,17 @@ class DEO(Optimizer):
             else:
                 self._rule_scalars[key] = value
 
-    def _correct(self, grads: list[Tensor], direction: list[Tensor], record: bool) -> None:
+    def _correct(self, grads: list[Tensor], direction: list[Tensor],
+                 record: bool) -> Tensor | None:
         # |g| costs one more pass over the gradients: measured on probe steps only.
         grad_norm = norm(grads) if record else None
+        alpha = policies.effective_alpha(self.alpha_rule, self.alpha, self.curvature)
         projections = [paper_correction_([grads[i] for i in block],
-                                         [direction[i] for i in block], self.alpha)
+                                         [direction[i] for i in block], alpha)
                        for block in self._blocks(len(grads))]
         if record:  # norm of g's projection on span of the N blocks, relative to |g|
             self._stats["grad_share"] = norm(projections) / grad_norm
+        return projections[0] if self.scope == "global" else None
 
     def _skip_probe(self) -> None:
         self._skipped_probes += 1
@@ -375,57 +434,19 @@ class DEO(Optimizer):
             for p in new:
                 self.state[p][_DIRECTION] = torch.zeros_like(p, dtype=self._stored_dtype(p))
 
-    # -- checkpoints ------------------------------------------------------------------------
+    # -- checkpoints (checkpoint.py) ---------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict, with DEO's per-parameter state and counters added.
 
         ``state[i]["deo_direction"]`` holds N for parameter i (``"deo_<key>"`` any other
         per-parameter state of the rotation rule); ``"deo"`` holds the step counter, the probe
-        counters, the rule's scalar state, the last statistics and the settings.
+        counters, the rule's and the policies' state, the last statistics and the settings.
         """
-        sd = self.base.state_dict()
-        state = dict(sd["state"])
-        for i, p in enumerate(self._params()):
-            ours = {_SAVED_PREFIX + k: v for k, v in self.state[p].items()}
-            state[i] = {**state.get(i, {}), **ours}
-        sd["state"] = state
-        sd["deo"] = {"steps": self.steps, "probe_count": self._probe_count,
-                     "skipped_probes": self._skipped_probes, "stats": dict(self._stats),
-                     "rule_scalars": dict(self._rule_scalars), "settings": self.settings()}
-        return sd
+        return checkpoint.deo_state_dict(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "deo" not in state_dict:
-            raise ValueError("load_state_dict: not a DEO state dict (no 'deo' entry); to load a "
-                             "plain optimizer's state use opt.base.load_state_dict(...)")
-        saved = state_dict["deo"]
-        if saved["settings"]["scope"] != self.scope:
-            raise ValueError(f"load_state_dict: saved with scope={saved['settings']['scope']!r}, "
-                             f"this optimizer has scope={self.scope!r}")
-        base_state, ours = {}, {}
-        for i, entry in state_dict["state"].items():
-            base_state[i] = {k: v for k, v in entry.items() if not k.startswith(_SAVED_PREFIX)}
-            ours[i] = {k[len(_SAVED_PREFIX):]: v for k, v in entry.items()
-                       if k.startswith(_SAVED_PREFIX)}
-        self.base.load_state_dict(
-            {**state_dict, "state": {i: e for i, e in base_state.items() if e}})
-        self.param_groups = self.base.param_groups  # the base built new group dicts
-        for i, p in enumerate(self._params()):
-            direction = self.state[p][_DIRECTION]
-            self.state[p].clear()
-            self.state[p][_DIRECTION] = direction
-            for key, value in ours.get(i, {}).items():
-                if key == _DIRECTION:
-                    direction.copy_(value)
-                else:
-                    self.state[p][key] = value.to(direction.device, direction.dtype, copy=True)
-        self._rule_scalars = dict(saved.get("rule_scalars", {}))
-        self.steps = int(saved["steps"])
-        self._probe_count = int(saved["probe_count"])
-        self._skipped_probes = int(saved["skipped_probes"])
-        device = self._params()[0].device
-        self._stats = {k: v.detach().clone().to(device) for k, v in saved["stats"].items()}
+        checkpoint.load_deo_state_dict(self, state_dict)
 
     def settings(self) -> dict[str, Any]:
         """DEO's own settings (the base optimizer's are in ``param_groups``)."""
@@ -437,7 +458,9 @@ class DEO(Optimizer):
                 "scope": self.scope, "max_grad_norm": self.max_grad_norm,
                 "direction_dtype": None if self.direction_dtype is None
                 else str(self.direction_dtype).removeprefix("torch."),
-                "compile_step": self.compile_step}
+                "compile_step": self.compile_step, "alpha_rule": self.alpha_rule,
+                "interval_rule": self.interval_rule, "trigger": self.trigger,
+                "escape_step": self.escape_step}
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())

@@ -6,7 +6,8 @@
     deo-oracle-<base>                      N from Lanczos on the exact batch Hessian (oracle.py;
                                            sgd, adam, adamw; slow: small models only)
     <name>:key=value,key=value             any of the above with DEO settings changed,
-                                           e.g. "deo-adamw:interval=5", "deo-adamw:alpha=1"
+                                           e.g. "deo-adamw:interval=5", "deo-adamw:alpha=1",
+                                           "deo-sgd-ritz:alpha_rule=curvature,escape_step=0.25"
 
 Baselines come from torch.optim and the maintained pytorch-optimizer package (SophiaH);
 perturbed gradient descent is ours (pgd.py), since no maintained package has it.
@@ -27,7 +28,8 @@ from .pgd import PerturbedGD
 BASES = ("sgd", "adam", "adamw", "sophia", "pgd")
 ROTATIONS = ("oja", "ritz")
 DEO_SETTINGS = ("alpha", "interval", "displacement", "rotation_lr", "probes_per_update",
-                "hessian_memory", "ritz_window", "seed")
+                "hessian_memory", "ritz_window", "seed", "alpha_rule", "interval_rule", "trigger",
+                "escape_step")
 NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
          *(f"deo-{b}-ritz" for b in BASES if b != "pgd"))
 ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("sgd", "adam", "adamw"))  # not in NAMES: slow
@@ -102,8 +104,11 @@ def _base(base: str, lr: float, overrides: dict[str, Any]) -> tuple[type[Optimiz
     return PerturbedGD, {"lr": lr}
 
 
-def _number(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+def _number(text: str) -> int | float | str:
+    """'5' -> 5, '1e-3' -> 0.001, anything else (a policy name) stays a string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
