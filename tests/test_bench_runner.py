@@ -141,3 +141,19 @@ def test_sophia_on_the_gpt_switches_to_double_differentiable_attention():
                   block_size=16, batch_size=4, steps=12, eval_every=12, eval_iters=1, warmup=2)
     record = run_one(task, "deo-sophia", seed=0, progress=False)
     assert record.status == "ok" and record.final["loss"] < 10
+
+
+def test_parallel_workers_record_the_same_runs_as_one_process(tmp_path):
+    todo = [(Bowl, "sgd", 0), (Bowl, "deo-sgd-ritz", 0), (Bowl, "sgd", 1)]
+    serial = run_bench(todo, tmp_path / "serial", progress=False)
+    parallel = run_bench(todo, tmp_path / "parallel", progress=False, workers=2)
+    by_key = {r["key"]: r for r in parallel}
+    assert sorted(by_key) == sorted(r["key"] for r in serial)
+    for record in serial:  # the runs are deterministic: the same losses either way
+        assert by_key[record["key"]]["train_loss"] == record["train_loss"]
+    assert finished_keys(tmp_path / "parallel" / RESULTS) == set(by_key)
+
+
+def test_parallel_workers_need_picklable_task_factories(tmp_path):
+    with pytest.raises(ValueError, match="workers > 1"):
+        run_bench(runs([]), tmp_path, progress=False, workers=2)

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true",
                        help="skip the runs already in OUT/results.jsonl")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument("--workers", type=_at_least(1), default=1, metavar="W",
+                       help="runs at a time, each in its own process (default 1)")
     probe = commands.add_parser(
         "probe", help="compare each rotation rule's N with Lanczos ground truth",
         description="Train the character GPT with AdamW, fix a batch, compute its Hessian's "
@@ -102,7 +104,7 @@ def _bench(args: argparse.Namespace) -> int:
     preset = build_preset(args.preset, data=args.data)
     try:
         run_bench(preset.runs(args.seeds), args.out, preset=preset.name, device=args.device,
-                  resume=args.resume, progress=not args.no_progress)
+                  resume=args.resume, progress=not args.no_progress, workers=args.workers)
     except (FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"deo bench: error: {err}", file=sys.stderr)
         return 2

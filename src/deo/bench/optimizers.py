@@ -32,6 +32,18 @@ DEO_SETTINGS = ("alpha", "interval", "displacement", "rotation_lr", "probes_per_
                 "escape_step")
 NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
          *(f"deo-{b}-ritz" for b in BASES if b != "pgd"))
+# The ONE recommended DEO configuration (issue 7), frozen after the saddle suite and a short
+# run of the small GPT, before the full measurements: Ritz rotation, a probe every 5 steps,
+# the gradient's component along N doubled where the paper reverses it (alpha = -1), and the
+# negative-curvature step s |C| with s = 0.25. benchmarks/README.md has the search.
+RECOMMENDED = "alpha=-1,escape_step=0.25,interval=5"
+
+
+def recommended(base: str) -> str:
+    """The recommended DEO configuration on ``base``, as a bench optimizer name."""
+    return f"deo-{base}-ritz:{RECOMMENDED}"
+
+
 ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("sgd", "adam", "adamw"))  # not in NAMES: slow
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+import pickle
 import resource
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -110,8 +113,13 @@ def _evaluate(task: Task, opt, step: int, record: RunRecord) -> None:
 
 def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str | Path, *,
               preset: str = "", device: str = "cpu", resume: bool = False,
-              progress: bool = True) -> list[dict]:
-    """Run each (task factory, optimizer, seed) not yet in out_dir/results.jsonl."""
+              progress: bool = True, workers: int = 1) -> list[dict]:
+    """Run each (task factory, optimizer, seed) not yet in out_dir/results.jsonl.
+
+    ``workers`` > 1 runs that many at a time in separate processes (each with its share of
+    the CPU threads; on one GPU they share it). This process alone writes results.jsonl, one
+    record as each run finishes, so an interruption keeps every finished run either way.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS_FILE
@@ -119,22 +127,45 @@ def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str 
     if done and not resume:
         raise FileExistsError(f"{path} already holds {len(done)} finished runs; pass --resume "
                               f"to skip them and run the rest, or choose another --out")
+    todo = [(make_task, optimizer, seed) for make_task, optimizer, seed in runs
+            if run_key(make_task().name, optimizer, seed) not in done]
     records = []
-    for make_task, optimizer, seed in runs:
-        task = make_task()
-        if run_key(task.name, optimizer, seed) in done:
-            continue
+    if workers <= 1:
+        for make_task, optimizer, seed in todo:
+            records.append(_run_and_record(make_task, optimizer, seed, preset, device, progress))
+            append_record(path, records[-1])
+        return records
+    for make_task, _, _ in todo:
         try:
-            record = run_one(task, optimizer, seed, preset=preset, device=device,
-                             progress=progress).to_json()
-        except Exception as err:  # one broken run must not stop the bench: record it
-            failed = RunRecord(task.name, optimizer, seed, preset, {"task": task.config()},
-                               status=f"error: {type(err).__name__}: {err}"[:500])
-            record = failed.to_json()
-            print(f"deo bench: {failed.key} failed: {failed.status}", file=sys.stderr)
-        append_record(path, record)
-        records.append(record)
+            pickle.dumps(make_task)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise ValueError(f"workers > 1 sends each task factory to another process, but "
+                             f"{make_task!r} cannot be pickled ({err}); use a class or a "
+                             f"functools.partial of one, or workers=1") from err
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # no forked CUDA state
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_and_record, make_task, optimizer, seed, preset, device,
+                               False) for make_task, optimizer, seed in todo]
+        for future in as_completed(futures):
+            records.append(future.result())
+            append_record(path, records[-1])
     return records
+
+
+def _run_and_record(make_task, optimizer: str, seed: int, preset: str, device: str,
+                    progress: bool) -> dict:
+    """One run's record as JSON; a run that raises is recorded as an error, not raised."""
+    task = make_task()
+    try:
+        return run_one(task, optimizer, seed, preset=preset, device=device,
+                       progress=progress).to_json()
+    except Exception as err:  # one broken run must not stop the bench: record it
+        failed = RunRecord(task.name, optimizer, seed, preset, {"task": task.config()},
+                           status=f"error: {type(err).__name__}: {err}"[:500])
+        print(f"deo bench: {failed.key} failed: {failed.status}", file=sys.stderr)
+        return failed.to_json()
 
 
 def finished_keys(path: Path) -> set[str]:
