@@ -101,6 +101,7 @@ def built(tmp_path_factory) -> tuple[Path, str]:
 def test_base_of_names_the_base_optimizer_of_deo_variants_only():
     assert report.base_of("deo-adamw") == "adamw"
     assert report.base_of("deo-adamw-ritz") == "adamw"
+    assert report.base_of("deo-oracle-sgd:alpha=-1") == "sgd"
     assert report.base_of("deo-sgd-oja") == "sgd"
     assert report.base_of("deo-adamw:interval=5") == "adamw"
     assert report.base_of("adamw") is None and report.base_of("pgd") is None

@@ -38,6 +38,7 @@ REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 RELATIVE_FLOOR = 0.01  # a difference within 1% of the base's mean is a tie
 DEO_PREFIX = "deo-"
+ORACLE_PREFIX = "oracle-"  # deo-oracle-<base>: N from exact Lanczos (oracle.py)
 ROTATION_SUFFIXES = ("-ritz", "-oja")
 MIB = 2**20
 
@@ -83,11 +84,12 @@ class Verdict:
 
 
 def base_of(name: str) -> str | None:
-    """The base optimizer of a DEO variant ("deo-adamw-ritz" -> "adamw"); None if not DEO."""
+    """The base optimizer of a DEO variant ("deo-adamw-ritz", "deo-oracle-adamw" -> "adamw");
+    None if not DEO."""
     head = name.partition(":")[0]  # "deo-adamw:interval=5" carries options after the colon
     if not head.startswith(DEO_PREFIX):
         return None
-    base = head[len(DEO_PREFIX):]
+    base = head[len(DEO_PREFIX):].removeprefix(ORACLE_PREFIX)
     for suffix in ROTATION_SUFFIXES:
         base = base.removesuffix(suffix)
     return base or None
