@@ -172,3 +172,15 @@ def test_policies_resume_bit_identically(kwargs):
     straight = run()
     resumed = run(load=run(stop=7))
     assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
+
+
+def test_escape_trust_caps_the_step_at_k_displacements():
+    hessian = torch.diag(torch.tensor([-2.0, 1.0], dtype=torch.float64))
+    x = torch.nn.Parameter(torch.tensor([1e-3, 0.5], dtype=torch.float64))
+    opt = deo.DEO([x], base=torch.optim.SGD, lr=0.0, alpha=0.0, interval=1, rotation="ritz",
+                  displacement=1e-3, probes_per_update=2, escape_step=0.25, escape_trust=10.0)
+    opt.step(quadratic_closure(x, hessian))
+    before = x.detach().clone()
+    opt.step(quadratic_closure(x, hessian))
+    # uncapped the step would be 0.25 |C| = 0.5; the cap is 10 dR = 0.01
+    assert float((x.detach() - before).norm()) == pytest.approx(0.01, rel=1e-9)

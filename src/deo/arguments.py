@@ -67,7 +67,8 @@ def _is_real(x: Any) -> bool:
 def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, probes_per_update,
                    hessian_memory, ritz_window, seed, scope, max_grad_norm,
                    direction_dtype=None, compile_step=False, alpha_rule="fixed",
-                   interval_rule="fixed", trigger="always", escape_step=0.0) -> None:
+                   interval_rule="fixed", trigger="always", escape_step=0.0,
+                   escape_trust=None) -> None:
     if not (_is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
     if not (_is_int(interval) and interval >= 1):
@@ -114,3 +115,7 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
     if escape_step > 0 and scope != "global":
         raise ValueError("escape_step: the negative-curvature step moves along one global N; "
                          "use scope='global'")
+    if escape_trust is not None and not (_is_real(escape_trust) and math.isfinite(escape_trust)
+                                         and escape_trust > 0):
+        raise ValueError(f"escape_trust: expected None or a finite float > 0, "
+                         f"got {escape_trust!r}")

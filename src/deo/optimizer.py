@@ -111,6 +111,9 @@ class DEO(Optimizer):
         escape_step: ``s >= 0``; on probe steps with C < 0, also move the parameters by
             ``s |C|`` along N, downhill (-sign(g.N) N): the negative-curvature step of
             saddle-escape methods, which the projection lacks. 0 (default): off.
+        escape_trust: ``None`` or ``k > 0``: cap the escape step at ``k`` displacements
+            (``k dR``), the distance over which the probe measured the curvature; ``None``
+            (default): no cap.
         compile_step: run the cheap step (correction, clipping and the base step) through
             ``torch.compile``, compiled at the first non-probe step. Keep the learning rate a
             tensor (``lr=torch.tensor(1e-3)``) if a scheduler changes it, or every new value
@@ -148,6 +151,7 @@ class DEO(Optimizer):
         interval_rule: str = "fixed",
         trigger: str = "always",
         escape_step: float = 0.0,
+        escape_trust: float | None = None,
         **base_kwargs: Any,
     ) -> None:
         check_settings(alpha=alpha, interval=interval, displacement=displacement,
@@ -157,7 +161,7 @@ class DEO(Optimizer):
                        seed=seed, scope=scope, max_grad_norm=max_grad_norm,
                        direction_dtype=direction_dtype, compile_step=compile_step,
                        alpha_rule=alpha_rule, interval_rule=interval_rule, trigger=trigger,
-                       escape_step=escape_step)
+                       escape_step=escape_step, escape_trust=escape_trust)
         if isinstance(base, DEO) or (isinstance(base, type) and issubclass(base, DEO)):
             raise TypeError("base: DEO cannot wrap another DEO")
         self.base = build_base(params, base, base_kwargs)
@@ -183,6 +187,7 @@ class DEO(Optimizer):
         self._compiled_cheap_step: Callable[[], None] | None = None
         self.alpha_rule, self.interval_rule, self.trigger = alpha_rule, interval_rule, trigger
         self.escape_step = float(escape_step)
+        self.escape_trust = None if escape_trust is None else float(escape_trust)
         self.steps = 0  # DEO steps taken
         self._next_probe, self._probe_gap = 0, 1  # interval_rule="angle"
         self._spikes = policies.SpikeTrigger()  # trigger="spike"
@@ -275,8 +280,10 @@ class DEO(Optimizer):
         else:
             projection = self._correct_and_step(record=is_probe)
             if is_probe and self.escape_step > 0 and projection is not None:
+                longest = None if self.escape_trust is None else \
+                    self.escape_trust * self.displacement
                 escape_along_negative_curvature_(self._params(), self.direction, projection,
-                                                 self.curvature, self.escape_step)
+                                                 self.curvature, self.escape_step, longest)
         if is_probe and self.interval_rule == "angle":
             # A Ritz cycle spread over probe steps (budget 1) only turns N when it completes:
             # the gap adapts to the angles of completed rotations.
@@ -460,7 +467,7 @@ class DEO(Optimizer):
                 else str(self.direction_dtype).removeprefix("torch."),
                 "compile_step": self.compile_step, "alpha_rule": self.alpha_rule,
                 "interval_rule": self.interval_rule, "trigger": self.trigger,
-                "escape_step": self.escape_step}
+                "escape_step": self.escape_step, "escape_trust": self.escape_trust}
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
