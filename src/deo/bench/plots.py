@@ -83,26 +83,35 @@ def plot_curvature(runs_by_optimizer: Mapping[str, Sequence[Run]],
 
 def plot_escape_steps(escape_steps: Mapping[str, Sequence[int | None]],
                       colors: Mapping[str, str]) -> Any:
-    """Bars of the mean escape step (error bar: std, dots: seeds), labelled 'k/n escaped'."""
-    figure, (axes,) = _new_figure(columns=1, bottom_inches=0.8)  # room for rotated names
+    """Horizontal bars of the mean escape step (error bar: std, dots: seeds), one row per
+    optimizer, labelled 'k/n escaped'; rows and the name margin grow with the names, so a
+    dozen long names like 'deo-sgd-ritz:alpha=-1,escape_step=0.25' stay readable."""
     names = list(escape_steps)
-    for position, name in enumerate(names):
+    left = 0.3 + 0.065 * max((len(n) for n in names), default=1)  # inches, fontsize 8
+    figure_class, canvas_class = _figure_classes()
+    width, height = left + 4.2, 0.9 + 0.28 * max(1, len(names))
+    figure = figure_class(figsize=(width, height), dpi=100)
+    canvas_class(figure)
+    figure.subplots_adjust(left=left / width, right=1 - 0.2 / width, bottom=0.5 / height,
+                           top=1 - 0.35 / height)
+    axes = figure.subplots()
+    for row, name in enumerate(names):
         steps = [s for s in escape_steps[name] if s is not None]
-        top = 0.0
+        end = 0.0
         if steps:
             mean = statistics.fmean(steps)
             std = statistics.stdev(steps) if len(steps) > 1 else None
-            axes.bar(position, mean, yerr=std, capsize=4, color=colors[name], alpha=0.7)
-            axes.scatter([position] * len(steps), steps, color="black", s=12, zorder=3)
-            top = max(steps)
-        label = f"{len(steps)}/{len(escape_steps[name])} escaped"
-        axes.annotate(label, (position, top), xytext=(0, 4), textcoords="offset points",
-                      ha="center", va="bottom", fontsize=8)
-    axes.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    axes.set_xlim(-0.6, len(names) - 0.4)  # room for a label where no bar was drawn
-    axes.set_ylabel("escape step (lower is better)")
+            axes.barh(row, mean, xerr=std, capsize=3, color=colors[name], alpha=0.7)
+            axes.scatter(steps, [row] * len(steps), color="black", s=10, zorder=3)
+            end = max(steps)
+        axes.annotate(f"{len(steps)}/{len(escape_steps[name])} escaped", (end, row),
+                      xytext=(4, 0), textcoords="offset points", ha="left", va="center",
+                      fontsize=7)
+    axes.set_yticks(range(len(names)), names, fontsize=8)
+    axes.set_ylim(len(names) - 0.5, -0.5)  # the first optimizer on top
+    axes.set_xlabel("escape step (lower is better)")
     axes.set_title("first step below the escape threshold")
-    axes.margins(y=0.2)
+    axes.margins(x=0.25)  # room for the labels right of the bars
     return figure
 
 
