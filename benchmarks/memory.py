@@ -23,17 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from common import RESULTS, machine, write_result
 
 import deo
 
-RESULTS = Path(__file__).parent / "results"
 CONFIGS = {
     "adamw": {},
     "deo (oja)": {"rotation": "oja"},
@@ -117,25 +116,17 @@ def main() -> None:
 
 
 def write(rows, args, device) -> None:
-    machine = {"device": str(device), "torch": torch.__version__,
-               "cpu": platform.processor() or platform.machine(),
-               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-               "peak_measure": "max_memory_allocated" if device.type == "cuda"
-               else "ru_maxrss (upper bound)"}
+    about = {**machine(device), "peak_measure": "max_memory_allocated"
+             if device.type == "cuda" else "ru_maxrss (upper bound)"}
     stem = Path(args.out) if args.out else RESULTS / f"memory_{device.type}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows},
-                                                    indent=1))
     p = rows[0]["param_bytes"]
-    lines = [f"Machine: {machine}", "", f"Parameters: {p / 4 / 1e6:.1f}M float32 "
-             f"({p / 2**20:.0f} MiB = 1 P)", "",
+    table = [f"Parameters: {p / 4 / 1e6:.1f}M float32 ({p / 2**20:.0f} MiB = 1 P)", "",
              "| optimizer | persistent (x P) | transient at probe peak (x P) | peak (MiB) |",
              "|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['persistent']:.2f} | "
+    table += [f"| {r['config']} | {r['persistent']:.2f} | "
               f"{_fmt(r['transient']) if r['config'] != 'adamw' else '-'} | "
               f"{r['peak_bytes'] / 2**20:.0f} |" for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, {"machine": about, "rows": rows}, table)
 
 
 def _fmt(x: float) -> str:

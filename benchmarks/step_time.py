@@ -20,20 +20,16 @@ Writes benchmarks/results/step_time_<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import RESULTS, machine, seconds_per_call, write_result
 
 import deo
 
-RESULTS = Path(__file__).parent / "results"
 LAYERS = 10
 
 
@@ -80,16 +76,6 @@ def deo_after_first_probe(params, base_cls, kwargs, **deo_kwargs) -> deo.DEO:
     return opt
 
 
-def time_steps(step: Callable[[], None], device: torch.device, block: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    started = time.perf_counter()
-    for _ in range(block):
-        step()
-    sync()
-    return (time.perf_counter() - started) / block
-
-
 def measure(steps: dict[str, Callable[[], None]], device, warmup: int, samples: int,
             block: int) -> dict[str, float]:
     for step in steps.values():
@@ -98,7 +84,7 @@ def measure(steps: dict[str, Callable[[], None]], device, warmup: int, samples: 
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(samples):
         for name, step in steps.items():
-            times[name].append(time_steps(step, device, block))
+            times[name].append(seconds_per_call(step, device, block))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -168,21 +154,13 @@ def add_fused_reference(rows: list[dict], size: int) -> None:
 
 
 def write(rows, args, device) -> None:
-    machine = {"device": str(device), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     stem = Path(args.out) if args.out else RESULTS / f"step_time_{device.type}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows},
-                                                    indent=1))
-    lines = [f"Machine: {machine}", "", f"Command: {' '.join(sys.argv)}", "",
-             "| params | base | variant | ms / step | x base | x fused AdamW |",
+    table = ["| params | base | variant | ms / step | x base | x fused AdamW |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['params']:.0e} | {r['base']} | {r['variant']} | {r['ms']:.3f} | "
+    table += [f"| {r['params']:.0e} | {r['base']} | {r['variant']} | {r['ms']:.3f} | "
               f"{r['x_base']:.3f} | {r.get('x_fused_adamw', float('nan')):.3f} |"
               for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, {"machine": machine(device), "rows": rows}, table)
 
 
 if __name__ == "__main__":

@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, machine, seconds_per_call, write_result
 
 import deo
 from deo.bench.lm import CharLM
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class Trainer:
@@ -71,13 +67,7 @@ class Trainer:
         self.step_index += 1
 
     def timed(self, steps: int, what) -> float:
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        sync()
-        started = time.perf_counter()
-        for _ in range(steps):
-            what()
-        sync()
-        return (time.perf_counter() - started) / steps
+        return seconds_per_call(what, self.device, steps)
 
 
 def main() -> None:
@@ -133,24 +123,17 @@ def main() -> None:
 
 
 def write(rows, args, device, t_fb, t_step, params) -> None:
-    machine = {"device": str(device), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     setting = {"preset": args.preset, "params": params, "batch_size": args.batch_size,
                "amp_bf16": args.amp, "t_fb_ms": t_fb * 1e3, "t_step_ms": t_step * 1e3,
                "steps_per_round": args.steps, "rounds": args.rounds}
     stem = Path(args.out) if args.out else RESULTS / f"throughput_{device.type}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"machine": machine, "setting": setting, "rows": rows}, indent=1))
-    lines = [f"Machine: {machine}", "", f"Setting: {setting}", "",
+    table = [f"Setting: {setting}", "",
              "| optimizer | interval | ms / step | tokens / s | x adamw | ideal | efficiency |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['optimizer']} | {r['interval'] or '-'} | {r['seconds_per_step'] * 1e3:.2f} "
+    table += [f"| {r['optimizer']} | {r['interval'] or '-'} | {r['seconds_per_step'] * 1e3:.2f} "
               f"| {r['tokens_per_s']:.0f} | {r['relative']:.3f} | {r['ideal']:.3f} | "
               f"{r['efficiency']:.3f} |" for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, {"machine": machine(device), "setting": setting, "rows": rows}, table)
 
 
 if __name__ == "__main__":
