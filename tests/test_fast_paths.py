@@ -108,3 +108,29 @@ def test_compiled_cheap_step_matches_the_eager_one():
             assert opt._compiled_cheap_step is not None
     for eager, compiled in zip(*runs):
         torch.testing.assert_close(eager, compiled, rtol=1e-5, atol=1e-6)
+
+
+def test_launch_bound_path_is_only_for_many_small_cuda_tensors():
+    from deo.distributed import launch_bound
+    assert not launch_bound([torch.zeros(3), torch.zeros(4)])  # CPU: never
+
+
+@pytest.mark.parametrize("alpha", [1.0, 5.0])
+def test_multi_tensor_path_computes_the_same_correction(monkeypatch, alpha):
+    """The GPU's launch-bound path (one multi-tensor product, cat, sum; foreach mul + add),
+    forced on the CPU, against the per-tensor path."""
+    import deo.corrections as corrections
+    import deo.distributed as distributed
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 2, 4)]
+    grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    direction = dimer.normalize([torch.randn(s, generator=gen, dtype=torch.float64)
+                                 for s in shapes])
+    expected = [g.clone() for g in grads]
+    expected_projection = corrections.paper_correction_(expected, direction, alpha)
+    for module in (distributed, corrections):
+        monkeypatch.setattr(module, "launch_bound", lambda tensors: True)
+    projection = corrections.paper_correction_(grads, direction, alpha)
+    torch.testing.assert_close(projection, expected_projection)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)

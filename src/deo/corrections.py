@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .distributed import dot
+from .distributed import dot, launch_bound
 
 
 def paper_correction_(grads: list[Tensor], direction: list[Tensor], alpha: float) -> Tensor:
@@ -39,8 +39,13 @@ def add_scaled_(xs: list[Tensor], ys: list[Tensor], coefficient: Tensor) -> None
     """xs <- xs + coefficient * ys in place, with ``coefficient`` a 0-d tensor on the device.
 
     A multiply-add with a broadcast 0-d factor: no host sync (unlike ``alpha=float(c)``) and
-    no parameter-sized temporary (unlike ``_foreach_add_(xs, _foreach_mul(ys, c))``).
+    no parameter-sized temporary (unlike ``_foreach_add_(xs, _foreach_mul(ys, c))``), except
+    where many small CUDA tensors make kernel launches the cost (``launch_bound``).
     """
+    if launch_bound([*xs, *ys]):  # two multi-tensor kernels (and a temporary) instead of
+        # one kernel per tensor: on a GPU with many small tensors launches dominate
+        torch._foreach_add_(xs, torch._foreach_mul(ys, coefficient))
+        return
     torch._foreach_addcmul_(xs, ys, [coefficient] * len(xs))
 
 

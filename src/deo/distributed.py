@@ -33,6 +33,11 @@ def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     if not xs:
         raise ValueError("dot: empty tensor lists")
     dtype = _widest_dtype([*xs, *ys])
+    if launch_bound([*xs, *ys]):
+        # one multi-tensor multiply, one concatenation, one sum: 3 kernels instead of 2 per
+        # tensor, for more memory traffic; worth it where launches, not bytes, are the cost
+        products = torch._foreach_mul(xs, ys)
+        return torch.cat([t.reshape(-1) for t in products]).sum()
     if not _has_dtensor([*xs, *ys]):
         parts = [_flat_dot(x, y, dtype) for x, y in zip(xs, ys)]
         return torch.stack(parts).sum() if len(parts) > 1 else parts[0]
@@ -52,6 +57,20 @@ def _flat_dot(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
         return torch.dot(x.to(dtype), y.to(dtype))
     return torch.stack([torch.dot(a.to(dtype), b.to(dtype)) for a, b in
                         zip(x.split(_CPU_CAST_CHUNK), y.split(_CPU_CAST_CHUNK))]).sum()
+
+
+LAUNCH_BOUND_NUMEL = 1 << 20  # mean elements per tensor under which a GPU pass is launch-bound
+
+
+def launch_bound(tensors: list[Tensor]) -> bool:
+    """True for many small CUDA tensors of one float32/float64 dtype (no DTensor): there a
+    per-tensor kernel costs more in launches than in bytes (the complex GPT: 39 tensors of
+    274K elements on average), and multi-tensor kernels are the faster path."""
+    first = tensors[0]
+    return (first.is_cuda and first.dtype in (torch.float32, torch.float64)
+            and all(t.dtype == first.dtype and t.is_cuda for t in tensors)
+            and not _has_dtensor(tensors)
+            and sum(t.numel() for t in tensors) < LAUNCH_BOUND_NUMEL * len(tensors))
 
 
 def norm(xs: list[Tensor]) -> Tensor:
