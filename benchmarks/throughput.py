@@ -9,9 +9,10 @@ charges DEO exactly one extra forward+backward (t_fb, timed alone) per ``interva
 (p = probes_per_update = 1) on top of a whole base step (t_step), i.e. a free cheap step and a
 free rotation. ``efficiency`` = (DEO tokens/s / base tokens/s) / ideal; 1.0 is the limit.
 
-Timing: ``--rounds`` rounds; in each, every contender trains ``--steps`` steps (a multiple of
-20, so probe steps come at their real frequency) from where it left off; the median round
-counts. Contenders alternate within a round, so drifting load hits all alike.
+Timing: ``--rounds`` rounds; in each, every DEO contender trains ``--steps`` steps (a
+multiple of 20, so probe steps come at their real frequency) right after AdamW trains as many,
+both from where they left off. The relative throughput is the median over rounds of these
+paired ratios, so load that drifts over minutes cancels out.
 
     python benchmarks/throughput.py [--device cpu|cuda] [--preset small] [--amp]
 Writes benchmarks/results/throughput_<device>.{json,md}.
@@ -99,26 +100,29 @@ def main() -> None:
     base = trainers["adamw"]
     for trainer in trainers.values():  # warm-up (and the first probe)
         trainer.timed(max(5, args.steps // 4), trainer.train_step)
-    t_fb, per_step = [], {name: [] for name in trainers}
+    t_fb, base_times = [], []
+    ratios: dict[str, list[float]] = {name: [] for name in trainers if name != "adamw"}
+    seconds: dict[str, list[float]] = {name: [] for name in ratios}
     for _ in range(args.rounds):
         t_fb.append(base.timed(args.steps // 4, base.closure))
-        for name, trainer in trainers.items():
-            per_step[name].append(trainer.timed(args.steps, trainer.train_step))
+        for name in ratios:  # each DEO window right after an AdamW window: paired ratios
+            base_times.append(base.timed(args.steps, base.train_step))
+            seconds[name].append(trainers[name].timed(args.steps, trainers[name].train_step))
+            ratios[name].append(base_times[-1] / seconds[name][-1])
     t_fb = statistics.median(t_fb)
-    t_step = statistics.median(per_step["adamw"])
+    t_step = statistics.median(base_times)
     tokens = args.batch_size * base.task.block_size
     rows = [{"optimizer": "adamw", "interval": None, "seconds_per_step": t_step,
              "tokens_per_s": tokens / t_step, "relative": 1.0, "ideal": 1.0, "efficiency": 1.0}]
-    for name, times in per_step.items():
-        if name == "adamw":
-            continue
+    for name, paired in ratios.items():
         interval = int(name.split("f=")[1])
-        seconds = statistics.median(times)
+        relative = statistics.median(paired)
         ideal = 1 / (1 + t_fb / (interval * t_step))
+        per_step = statistics.median(seconds[name])
         rows.append({"optimizer": name.split(" ")[0], "interval": interval,
-                     "seconds_per_step": seconds, "tokens_per_s": tokens / seconds,
-                     "relative": t_step / seconds, "ideal": ideal,
-                     "efficiency": t_step / seconds / ideal})
+                     "seconds_per_step": per_step, "tokens_per_s": tokens / per_step,
+                     "relative": relative, "ideal": ideal, "efficiency": relative / ideal,
+                     "relative_per_round": paired})
     write(rows, args, device, t_fb, t_step, sum(p.numel() for p in base.params))
 
 

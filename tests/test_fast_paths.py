@@ -134,3 +134,14 @@ def test_multi_tensor_path_computes_the_same_correction(monkeypatch, alpha):
     torch.testing.assert_close(projection, expected_projection)
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want)
+
+
+def test_gram_matrix_equals_the_pairwise_dot_products():
+    from deo.distributed import dot, gram
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(4, 3), (6,), (2, 5)]
+    rows = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    cols = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(2)]
+    expected = torch.stack([torch.stack([dot(r, c) for c in cols]) for r in rows])
+    torch.testing.assert_close(gram(rows, cols), expected)
+    assert gram(rows, cols).shape == (3, 2)

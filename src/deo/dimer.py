@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .distributed import dot, norm
+from .distributed import dot, gram, norm
 
 
 def finite_difference_hvp_(displaced_grads: list[Tensor], grads: list[Tensor],
@@ -231,9 +231,7 @@ def ritz_update(basis: list[list[Tensor]], products: list[list[Tensor]]):
 
 def lowest_ritz_vector(basis: list[list[Tensor]], products: list[list[Tensor]]) -> Tensor:
     """y minimising y^T T y / y^T y, T_ij = b_i . H b_j (symmetrised), for an orthonormal basis."""
-    k = len(basis)
-    t = torch.stack([torch.stack([dot(basis[i], products[j]) for j in range(k)])
-                     for i in range(k)]).double()
+    t = gram(basis, products).double()
     _, vectors = torch.linalg.eigh(0.5 * (t + t.T))
     return vectors[:, 0]
 

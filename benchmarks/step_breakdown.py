@@ -1,0 +1,51 @@
+"""Where DEO's training-step time goes on the character GPT: probe steps, cheap steps, the
+AdamW step and one forward+backward, each timed on its own (medians, steps interleaved).
+
+    python benchmarks/step_breakdown.py [--interval 10] [--rounds 6] [--device cpu|cuda]
+Writes benchmarks/results/step_breakdown_<device>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from common import RESULTS, machine, seconds_per_call, write_result
+from throughput import Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rotation", default="oja")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    task = {"preset": "small", "data": None, "batch_size": 12}
+    dimer = Trainer(task, device, "deo", False, interval=args.interval, rotation=args.rotation)
+    base = Trainer(task, device, "base", False)
+    for _ in range(args.interval + 2):
+        dimer.train_step()
+        base.train_step()
+    times: dict[str, list[float]] = {"probe step": [], "cheap step": [], "AdamW step": [],
+                                     "forward+backward": []}
+    for _ in range(args.rounds * args.interval):
+        kind = "probe step" if dimer.step_index % args.interval == 0 else "cheap step"
+        times[kind].append(seconds_per_call(dimer.train_step, device, 1))
+        times["AdamW step"].append(seconds_per_call(base.train_step, device, 1))
+        times["forward+backward"].append(seconds_per_call(base.closure, device, 1))
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    derived = {"cheap step beyond AdamW": ms["cheap step"] - ms["AdamW step"],
+               "probe beyond cheap step and one forward+backward":
+                   ms["probe step"] - ms["cheap step"] - ms["forward+backward"]}
+    table = ["| what | ms |", "|---|---|"]
+    table += [f"| {k} | {v:.2f} |" for k, v in {**ms, **derived}.items()]
+    write_result(RESULTS / f"step_breakdown_{device.type}",
+                 {"machine": machine(device), "settings": vars(args), "ms": ms,
+                  "derived_ms": derived}, table)
+
+
+if __name__ == "__main__":
+    main()
