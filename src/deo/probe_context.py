@@ -105,11 +105,12 @@ class DisplacedGradients:
         # never touches the originals; otherwise it writes in place and restores from a copy.
         self.swap = any(g is not None and g.requires_grad for g in self.grads)
         self.saved = [p.data if self.swap else p.detach().clone() for p in self.params]
+        self.displaced = False  # whether the parameters now differ from the saved ones
         self.rng_after = capture_rng_state()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._restore_params()
+        self._restore_params()  # a no-op unless an evaluation broke off while displaced
         self._restore_grads()
         restore_rng_state(self.rng_after)
         del self.saved, self.main
@@ -138,6 +139,7 @@ class DisplacedGradients:
         return hvp
 
     def _displace(self, vector: list[torch.Tensor]) -> None:
+        self.displaced = True
         with torch.no_grad():
             if self.swap:
                 for p, origin, v in zip(self.params, self.saved, vector):
@@ -147,6 +149,9 @@ class DisplacedGradients:
                 torch._foreach_add_(self.params, list(vector), alpha=self.displacement)
 
     def _restore_params(self) -> None:
+        if not self.displaced:  # every hvp restores at once: no second parameter copy
+            return
+        self.displaced = False
         with torch.no_grad():
             if self.swap:
                 for p, origin in zip(self.params, self.saved):
