@@ -3,7 +3,6 @@ r"""DEO: a torch.optim.Optimizer that wraps any base optimizer with the dimer co
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -11,12 +10,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import checkpoint, dimer, policies
-from .amp import finite_after_unscale, record_overflow, unscaling
+from . import checkpoint, dimer, policies, rotation_step
+from .amp import finite_after_unscale, unscaling
 from .arguments import build_base, check_settings, default_displacement
 from .corrections import escape_along_negative_curvature_, paper_correction_
-from .distributed import copy_, dot, norm, shard_like
-from .probe_context import DisplacedGradients, NonFiniteProbe, capture_rng_state
+from .distributed import norm, shard_like
+from .probe_context import capture_rng_state
 
 _DIRECTION = checkpoint.DIRECTION  # per-parameter state key of N
 
@@ -314,69 +313,12 @@ class DEO(Optimizer):
 
     def _probe(self, closure: Callable[[], Tensor], rng_before: dict,
                scaler: torch.amp.GradScaler | None = None) -> bool:
-        """Rotate N with displaced gradients on this step's batch (design.md, section 1).
+        """Rotate N with displaced gradients on this step's batch (rotation_step.py).
 
         Returns False if the probe saw a non-finite loss or gradient (N unchanged): without a
         scaler the step goes on, warned once; with one it is an overflow for the scaler.
         """
-        rule = dimer.ROTATION_RULES[self.rotation]
-        # Rotations are computed in the gradient's precision (at least float32). Oja's rule
-        # reads a narrower N as it is; the Ritz rule combines many vectors, so a bf16 N is
-        # widened for it (a transient copy).
-        precise = [_direction_dtype(p) for p in self._params()]
-        working = self.direction if self.rotation == "oja" else _as_dtypes(self.direction,
-                                                                           precise)
-        with DisplacedGradients(self._params(), closure, rng_before,
-                                self.displacement) as probe:
-            try:
-                result = rule(working, lambda v: _as_dtypes(probe.hvp(v), precise),
-                              self._rule_state(), self._rotation_settings(len(working)))
-            except NonFiniteProbe:
-                result = None
-            finally:
-                self._probe_count += probe.count
-        if result is None:
-            if scaler is None:
-                self._skip_probe()
-            else:  # loss scaling overflows now and then by design: no warning
-                self._skipped_probes += 1
-                record_overflow(scaler, self)
-            return False
-        # N and -N are the same direction to DEO. In tensor scope the concatenation of k unit
-        # blocks over sqrt(k) is a unit vector whose cosine is the mean of the blocks'.
-        old = self.direction  # measured before N is overwritten: no copy of the old N
-        cosines = [dot([old[i] for i in b], [result.direction[i] for i in b]).abs()
-                   for b in self._blocks(len(old))]
-        self._stats["angle"] = torch.arccos(torch.stack(cosines).mean().clamp(max=1.0))
-        copy_(old, result.direction)
-        self._store_rule_state(result.state)
-        self._stats["curvature"] = result.curvature
-        return True
-
-    def _rotation_settings(self, count: int) -> dimer.RotationSettings:
-        return dimer.RotationSettings(budget=self.probes_per_update, lr=self.rotation_lr,
-                                      memory=self.hessian_memory, window=self.ritz_window,
-                                      blocks=self._blocks(count))
-
-    def _rule_state(self) -> dict[str, Any]:
-        """The rule's carried state: per-parameter tensors as lists, scalars as they are."""
-        params = self._params()
-        state: dict[str, Any] = dict(self._rule_scalars)
-        for key in {k for p in params for k in self.state[p] if k != _DIRECTION}:
-            state[key] = [self.state[p][key] for p in params]
-        return state
-
-    def _store_rule_state(self, state: dict[str, Any]) -> None:
-        params = self._params()
-        for key, value in state.items():
-            if isinstance(value, list):
-                for p, v in zip(params, value):
-                    self.state[p][key] = v
-            elif value is None:
-                for p in params:
-                    self.state[p].pop(key, None)
-            else:
-                self._rule_scalars[key] = value
+        return rotation_step.rotate(self, closure, rng_before, scaler)
 
     def _correct(self, grads: list[Tensor], direction: list[Tensor],
                  record: bool) -> Tensor | None:
@@ -389,15 +331,6 @@ class DEO(Optimizer):
         if record:  # norm of g's projection on span of the N blocks, relative to |g|
             self._stats["grad_share"] = norm(projections) / grad_norm
         return projections[0] if self.scope == "global" else None
-
-    def _skip_probe(self) -> None:
-        self._skipped_probes += 1
-        if not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            warnings.warn(
-                "DEO: the probe saw a non-finite loss or gradient; the rotation was skipped and "
-                "N kept as it was (counted in stats['skipped_probes']; warned once).",
-                RuntimeWarning, stacklevel=3)
 
     # -- N and its layout -------------------------------------------------------------------
 
@@ -417,14 +350,14 @@ class DEO(Optimizer):
         in a single process with the same seed, whatever the sharding.
         """
         draws = [shard_like(torch.randn(p.shape, generator=generator).to(
-            p.device, _direction_dtype(p)), p) for p in params]
+            p.device, rotation_step.working_dtype(p)), p) for p in params]
         for block in self._blocks(len(draws)):
             unit = dimer.normalize([draws[i] for i in block])
             for i, n in zip(block, unit):
                 self.state[params[i]][_DIRECTION] = n.to(self._stored_dtype(params[i]))
 
     def _stored_dtype(self, p: Tensor) -> torch.dtype:
-        return self.direction_dtype or _direction_dtype(p)
+        return self.direction_dtype or rotation_step.working_dtype(p)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups is not self.base.param_groups:
@@ -472,16 +405,3 @@ class DEO(Optimizer):
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"DEO({settings},\n    base={self.base!r})"
-
-
-# -- construction helpers --------------------------------------------------------------------
-
-def _as_dtypes(tensors: list[Tensor], like: list[Tensor] | list[torch.dtype]) -> list[Tensor]:
-    """Each tensor in the dtype of its reference (itself, not a copy, where it matches)."""
-    return [t.to(ref if isinstance(ref, torch.dtype) else ref.dtype)
-            for t, ref in zip(tensors, like)]
-
-
-def _direction_dtype(p: Tensor) -> torch.dtype:
-    # N in at least float32: a unit vector over millions of entries has tiny components.
-    return torch.promote_types(p.dtype, torch.float32)
