@@ -80,17 +80,22 @@ def gram(rows: list[list[Tensor]], cols: list[list[Tensor]]) -> Tensor:
 
 
 LAUNCH_BOUND_NUMEL = 1 << 20  # mean elements per tensor under which a GPU pass is launch-bound
+LAUNCH_BOUND_TOTAL = 1 << 26  # and at most this many in all: the path's temporaries stay small
 
 
 def launch_bound(tensors: list[Tensor]) -> bool:
     """True for many small CUDA tensors of one float32/float64 dtype (no DTensor): there a
     per-tensor kernel costs more in launches than in bytes (the complex GPT: 39 tensors of
-    274K elements on average), and multi-tensor kernels are the faster path."""
+    274K elements on average), and multi-tensor kernels are the faster path. Their
+    parameter-sized temporaries are why the total is capped (64M elements, 256 MB in float32):
+    beyond it a model is large enough for launches not to matter."""
     first = tensors[0]
-    return (first.is_cuda and first.dtype in (torch.float32, torch.float64)
-            and all(t.dtype == first.dtype and t.is_cuda for t in tensors)
-            and not _has_dtensor(tensors)
-            and sum(t.numel() for t in tensors) < LAUNCH_BOUND_NUMEL * len(tensors))
+    if not (first.is_cuda and first.dtype in (torch.float32, torch.float64)):
+        return False
+    total = sum(t.numel() for t in tensors)
+    return (all(t.dtype == first.dtype and t.is_cuda for t in tensors)
+            and not _has_dtensor(tensors) and total < LAUNCH_BOUND_TOTAL
+            and total < LAUNCH_BOUND_NUMEL * len(tensors))
 
 
 def norm(xs: list[Tensor]) -> Tensor:
