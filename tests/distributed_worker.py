@@ -36,6 +36,10 @@ CONFIGS = {
     "fsdp2-oja": {"wrap": "fsdp2", "rotation": "oja"},
     "fsdp2-ritz": {"wrap": "fsdp2", "rotation": "ritz", "max_grad_norm": 0.5},
     "fsdp2-oja-tensor-scope": {"wrap": "fsdp2", "rotation": "oja", "scope": "tensor"},
+    # the checked escape decides from gradients: every rank must take the same decision
+    "ddp-ritz-checked-escape": {"wrap": "ddp", "rotation": "ritz", "escape_rule": "checked"},
+    "fsdp2-ritz-checked-escape": {"wrap": "fsdp2", "rotation": "ritz",
+                                  "escape_rule": "checked"},
 }
 
 
@@ -102,7 +106,9 @@ def run_config(name: str, distributed: bool = False) -> dict:
     opt = deo.DEO(params, base=torch.optim.AdamW, lr=1e-2, weight_decay=0.1, alpha=5.0,
                   interval=INTERVAL, displacement=1e-3, rotation=config["rotation"],
                   rotation_lr=0.2, scope=config.get("scope", "global"), seed=7,
-                  max_grad_norm=config.get("max_grad_norm"))
+                  max_grad_norm=config.get("max_grad_norm"),
+                  escape_step=0.5 if "escape_rule" in config else 0.0,
+                  escape_rule=config.get("escape_rule", "fixed"))
     result = {"initial_direction": local(opt.direction), "params": [], "directions": [],
               "losses": [],
               "local_shapes": [tuple(_local(p).shape) for p in params],
@@ -126,6 +132,7 @@ def run_config(name: str, distributed: bool = False) -> dict:
     result["curvature"] = opt.curvature.clone()
     result["probe_count"] = int(opt.stats["probe_count"])
     result["skipped_probes"] = int(opt.stats["skipped_probes"])
+    result["escapes"] = (int(opt.stats["escapes"]), int(opt.stats["escape_trials"]))
     if distributed:
         result["cheap_step_host_reads"] = cheap_step_host_reads(model, opt, rank, share)
     return result

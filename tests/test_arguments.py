@@ -36,6 +36,7 @@ def params():
     ({"trigger": "loss"}, ValueError, r"trigger: expected one of \['always', 'spike'\]"),
     ({"escape_step": -1.0}, ValueError, r"escape_step: expected a finite float >= 0"),
     ({"escape_trust": 0.0}, ValueError, r"escape_trust: expected None or a finite float > 0"),
+    ({"escape_rule": "trust"}, ValueError, r"escape_rule: expected one of \[.fixed., .checked.\]"),
     ({"escape_step": 1.0, "scope": "tensor"}, ValueError, r"escape_step: .* scope='global'"),
 ])
 def test_invalid_settings_name_the_argument(kwargs, error, match):

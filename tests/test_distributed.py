@@ -103,8 +103,13 @@ def test_matches_one_process_on_the_global_batch(results, reference, name):
                                            msg=lambda m, k=key, s=step: f"{k}, step {s}: {m}")
         for rank in run:
             torch.testing.assert_close(rank["curvature"], ref["curvature"], **CLOSE)
-            assert rank["probe_count"] == ref["probe_count"] == worker.STEPS // worker.INTERVAL + 1
+            trials = rank["escapes"][1]  # the checked escape's trials are evaluations too
+            assert rank["probe_count"] == ref["probe_count"] == \
+                worker.STEPS // worker.INTERVAL + 1 + trials
             assert rank["skipped_probes"] == 0
+            assert rank["escapes"] == ref["escapes"]
+            if "escape_rule" in worker.CONFIGS[name]:  # steps kept and steps undone, alike
+                assert 0 < rank["escapes"][0] < trials
 
 
 @pytest.mark.parametrize("name", DDP + [pytest.param(n, marks=needs_fsdp2) for n in FSDP2])

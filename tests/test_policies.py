@@ -155,7 +155,8 @@ def test_escape_step_moves_downhill_along_negative_curvature_by_s_abs_c(eigenval
 
 
 @pytest.mark.parametrize("kwargs", [{"interval_rule": "angle"}, {"trigger": "spike"},
-                                    {"alpha_rule": "curvature", "escape_step": 0.1}])
+                                    {"alpha_rule": "curvature", "escape_step": 0.1},
+                                    {"escape_step": 0.1, "escape_rule": "checked"}])
 def test_policies_resume_bit_identically(kwargs):
     def run(stop=None, load=None):
         torch.manual_seed(0)

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import dimer, policies
+from .escape import ESCAPE_RULES
 
 SCOPES = ("global", "tensor")
 
@@ -68,7 +69,7 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
                    hessian_memory, ritz_window, seed, scope, max_grad_norm,
                    direction_dtype=None, compile_step=False, alpha_rule="fixed",
                    interval_rule="fixed", trigger="always", escape_step=0.0,
-                   escape_trust=None) -> None:
+                   escape_trust=None, escape_rule="fixed") -> None:
     if not (_is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
     if not (_is_int(interval) and interval >= 1):
@@ -107,7 +108,8 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
         raise TypeError(f"compile_step: expected True or False, got {compile_step!r}")
     for name, value, accepted in (("alpha_rule", alpha_rule, policies.ALPHA_RULES),
                                   ("interval_rule", interval_rule, policies.INTERVAL_RULES),
-                                  ("trigger", trigger, policies.TRIGGERS)):
+                                  ("trigger", trigger, policies.TRIGGERS),
+                                  ("escape_rule", escape_rule, ESCAPE_RULES)):
         if value not in accepted:
             raise ValueError(f"{name}: expected one of {list(accepted)}, got {value!r}")
     if not (_is_real(escape_step) and math.isfinite(escape_step) and escape_step >= 0):

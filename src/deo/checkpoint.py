@@ -10,6 +10,7 @@ base part loads into ``opt.base`` as it is.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 from .policies import SpikeTrigger
@@ -32,7 +33,9 @@ def deo_state_dict(opt: DEO) -> dict[str, Any]:
                  "skipped_probes": opt._skipped_probes, "stats": dict(opt._stats),
                  "rule_scalars": dict(opt._rule_scalars),
                  "policies": {"next_probe": opt._next_probe, "probe_gap": opt._probe_gap,
-                              "spikes": dataclasses.asdict(opt._spikes)},
+                              "spikes": dataclasses.asdict(opt._spikes),
+                              "escape": {"radius": opt._escape_radius, "kept": opt._escapes,
+                                         "tried": opt._escape_trials}},
                  "settings": opt.settings()}
     return sd
 
@@ -71,3 +74,6 @@ def load_deo_state_dict(opt: DEO, state_dict: dict[str, Any]) -> None:
     opt._next_probe = int(policy_state.get("next_probe", opt.steps))
     opt._probe_gap = int(policy_state.get("probe_gap", 1))
     opt._spikes = SpikeTrigger(**policy_state.get("spikes", {}))
+    escape = policy_state.get("escape", {})
+    opt._escape_radius = float(escape.get("radius", math.inf))
+    opt._escapes, opt._escape_trials = int(escape.get("kept", 0)), int(escape.get("tried", 0))

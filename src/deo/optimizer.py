@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import checkpoint, dimer, policies, rotation_step
+from . import checkpoint, dimer, escape, policies, rotation_step
 from .amp import finite_after_unscale, unscaling
 from .arguments import build_base, check_settings, default_displacement
 from .corrections import escape_along_negative_curvature_, paper_correction_
@@ -113,6 +113,10 @@ class DEO(Optimizer):
         escape_trust: ``None`` or ``k > 0``: cap the escape step at ``k`` displacements
             (``k dR``), the distance over which the probe measured the curvature; ``None``
             (default): no cap.
+        escape_rule: ``"fixed"`` (default: take the escape step after the base step, no
+            extra evaluation) or ``"checked"`` (a trust region, :mod:`deo.escape`: try the
+            step before the base step, keep it only if the gradients at both ends say the
+            loss fell; one more gradient evaluation per trial).
         compile_step: run the cheap step (correction, clipping and the base step) through
             ``torch.compile``, compiled at the first non-probe step. Keep the learning rate a
             tensor (``lr=torch.tensor(1e-3)``) if a scheduler changes it, or every new value
@@ -124,8 +128,10 @@ class DEO(Optimizer):
         direction: list of tensors shaped like the parameters: N.
         stats: dict of 0-d tensors: ``curvature``; ``angle``, radians N turned at the last
             probe; ``grad_share``, |g.N| / |g| at the last probe step (after the rotation);
-            ``probe_count``, displaced-gradient evaluations so far; ``skipped_probes``,
-            probes whose loss or gradients were not finite (N kept as it was).
+            ``probe_count``, displaced-gradient evaluations so far (the checked escape's trials
+            included); ``skipped_probes``, probes whose loss or gradients were not finite (N
+            kept as it was); ``escapes`` and ``escape_trials``, checked escape steps kept and
+            tried.
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class DEO(Optimizer):
         trigger: str = "always",
         escape_step: float = 0.0,
         escape_trust: float | None = None,
+        escape_rule: str = "fixed",
         **base_kwargs: Any,
     ) -> None:
         check_settings(alpha=alpha, interval=interval, displacement=displacement,
@@ -160,7 +167,8 @@ class DEO(Optimizer):
                        seed=seed, scope=scope, max_grad_norm=max_grad_norm,
                        direction_dtype=direction_dtype, compile_step=compile_step,
                        alpha_rule=alpha_rule, interval_rule=interval_rule, trigger=trigger,
-                       escape_step=escape_step, escape_trust=escape_trust)
+                       escape_step=escape_step, escape_trust=escape_trust,
+                       escape_rule=escape_rule)
         if isinstance(base, DEO) or (isinstance(base, type) and issubclass(base, DEO)):
             raise TypeError("base: DEO cannot wrap another DEO")
         self.base = build_base(params, base, base_kwargs)
@@ -187,6 +195,9 @@ class DEO(Optimizer):
         self.alpha_rule, self.interval_rule, self.trigger = alpha_rule, interval_rule, trigger
         self.escape_step = float(escape_step)
         self.escape_trust = None if escape_trust is None else float(escape_trust)
+        self.escape_rule = escape_rule
+        self._escape_radius = math.inf  # escape_rule="checked": the trust radius
+        self._escapes, self._escape_trials = 0, 0
         self.steps = 0  # DEO steps taken
         self._next_probe, self._probe_gap = 0, 1  # interval_rule="angle"
         self._spikes = policies.SpikeTrigger()  # trigger="spike"
@@ -213,7 +224,9 @@ class DEO(Optimizer):
     def stats(self) -> dict[str, Tensor]:
         return {**self._stats,
                 "probe_count": torch.tensor(self._probe_count),
-                "skipped_probes": torch.tensor(self._skipped_probes)}
+                "skipped_probes": torch.tensor(self._skipped_probes),
+                "escapes": torch.tensor(self._escapes),
+                "escape_trials": torch.tensor(self._escape_trials)}
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -244,13 +257,13 @@ class DEO(Optimizer):
         if scaler is None:
             if is_probe:
                 self._probe(closure, rng_before)
-            self._update(is_probe, correct)
+            self._update(is_probe, correct, closure, rng_before)
             return loss
         scaler.unscale_(self)
+        closure = unscaling(closure, self._params(), scaler) if is_probe else closure
         if finite_after_unscale(scaler, self) and (
-                not is_probe or self._probe(unscaling(closure, self._params(), scaler),
-                                            rng_before, scaler)):
-            self._update(is_probe, correct)
+                not is_probe or self._probe(closure, rng_before, scaler)):
+            self._update(is_probe, correct, closure, rng_before)
         scaler.update()
         return loss
 
@@ -268,8 +281,13 @@ class DEO(Optimizer):
         jump = self._spikes.observe(self.steps, float(loss), self.interval)  # one host sync
         return jump, self._spikes.active(self.steps)
 
-    def _update(self, is_probe: bool, correct: bool = True) -> None:
+    def _update(self, is_probe: bool, correct: bool = True,
+                closure: Callable[[], Tensor] | None = None, rng_before: dict | None = None,
+                ) -> None:
         """Correct (and clip) the gradients in .grad, then let the base optimizer step."""
+        escaping = is_probe and self.escape_step > 0
+        if escaping and self.escape_rule == "checked":
+            escape.try_escape(self, closure, rng_before)
         if not correct:  # hybrid DEO between triggers: the base optimizer alone
             self._clip_and_step()
         elif self.compile_step and not is_probe:
@@ -278,7 +296,7 @@ class DEO(Optimizer):
             self._compiled_cheap_step()
         else:
             projection = self._correct_and_step(record=is_probe)
-            if is_probe and self.escape_step > 0 and projection is not None:
+            if escaping and self.escape_rule == "fixed" and projection is not None:
                 longest = None if self.escape_trust is None else \
                     self.escape_trust * self.displacement
                 escape_along_negative_curvature_(self._params(), self.direction, projection,
@@ -400,7 +418,8 @@ class DEO(Optimizer):
                 else str(self.direction_dtype).removeprefix("torch."),
                 "compile_step": self.compile_step, "alpha_rule": self.alpha_rule,
                 "interval_rule": self.interval_rule, "trigger": self.trigger,
-                "escape_step": self.escape_step, "escape_trust": self.escape_trust}
+                "escape_step": self.escape_step, "escape_trust": self.escape_trust,
+                "escape_rule": self.escape_rule}
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())

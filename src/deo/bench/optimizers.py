@@ -29,7 +29,7 @@ BASES = ("sgd", "adam", "adamw", "sophia", "pgd")
 ROTATIONS = ("oja", "ritz")
 DEO_SETTINGS = ("alpha", "interval", "displacement", "rotation_lr", "probes_per_update",
                 "hessian_memory", "ritz_window", "seed", "alpha_rule", "interval_rule", "trigger",
-                "escape_step", "escape_trust")
+                "escape_step", "escape_trust", "escape_rule")
 NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
          *(f"deo-{b}-ritz" for b in BASES if b != "pgd"))
 # The ONE recommended DEO configuration (issue 7), frozen after the saddle suite and a short

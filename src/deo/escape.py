@@ -1,0 +1,108 @@
+r"""The checked negative-curvature step (``escape_rule="checked"``): a trial step along N that
+is kept only if the loss, as the gradients at both ends of the step measure it, fell.
+
+The plain rule (``"fixed"``, corrections.escape_along_negative_curvature_) trusts the
+quadratic model that the probe measured over dR and moves ``s |C|`` along N: on strict
+saddles that is the right step; on a language model, where C is large and negative over dR
+but the loss is far from quadratic over s |C|, it is a jump of several units that wrecks the
+run (docs/open-questions.md). The checked rule is the classic trust-region remedy. On a probe
+step with C < 0, before the base step:
+
+.. math::
+    d &= -\mathrm{sign}(g \cdot N)\,N, \qquad t = \min(s\,|C|,\ k\,dR,\ r)
+        \quad (k = \texttt{escape\_trust}, \text{ if set};\ r: \text{the trust radius})\\
+    g' &= \nabla L(\theta + t\,d) \ \text{(same batch, same dropout masks)}, \qquad
+    C_t = d \cdot (g' - g) / t\\
+    m &= t\,(g \cdot d) + \tfrac12 C\,t^2 \ (< 0), \qquad
+    \Delta = t\,(g \cdot d) + \tfrac12 C_t\,t^2, \qquad \rho = \Delta / m .
+
+Delta is the trapezoid rule for the change in loss along the step (exact on a quadratic),
+m the change the probe's curvature predicted. rho >= ``ACCEPT``: the parameters stay at
+theta + t d and the base step starts there from g'; otherwise they return to theta and g.
+The radius r starts unbounded; a step with rho >= ``EXPAND`` sets r = max(r, 2 t), a
+rejected one r = ``SHRINK`` t. A step shorter than dR (the distance over which C was
+measured) is not tried and r doubles instead, so a model that keeps rejecting pays for a
+trial only every few probes. Each trial is one more gradient evaluation, counted in
+``stats["probe_count"]``; ``stats["escapes"]`` and ``stats["escape_trials"]`` count the
+kept and the tried steps.
+
+The test reads gradients, not losses: under DDP every rank sees the same all-reduced
+gradients and so takes the same decision, and a closure may return a scaled loss or none.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .distributed import dot
+from .probe_context import DisplacedGradients, NonFiniteProbe
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .optimizer import DEO
+
+ESCAPE_RULES = ("fixed", "checked")
+ACCEPT = 0.1  # rho below this: the step is undone
+EXPAND = 0.75  # rho above this: the model held, the radius may grow to twice the step
+SHRINK = 0.25  # a rejected step's length times this is the new radius
+
+
+def step_length(scale: float, curvature: float, longest: float | None, radius: float) -> float:
+    """t = min(s |C|, longest, r); 0 where C >= 0 or C is NaN."""
+    if not curvature < 0:
+        return 0.0
+    return min(scale * -curvature, math.inf if longest is None else longest, radius)
+
+
+def trust_ratio(slope: float, curvature: float, secant: float, length: float) -> float:
+    """rho = (t slope + C_t t^2 / 2) / (t slope + C t^2 / 2), slope = g . d <= 0, C < 0."""
+    predicted = length * slope + 0.5 * curvature * length ** 2
+    measured = length * slope + 0.5 * secant * length ** 2
+    return measured / predicted
+
+
+def next_radius(radius: float, length: float, ratio: float) -> float:
+    if ratio < ACCEPT:
+        return SHRINK * length
+    if ratio >= EXPAND:
+        return max(radius, 2.0 * length)
+    return radius
+
+
+def try_escape(opt: DEO, closure: Callable[[], Tensor], rng_before: dict) -> None:
+    """The checked escape step on ``opt`` (a probe step, after the rotation): moves the
+    parameters and replaces the gradients in .grad if the trial is kept."""
+    length = step_length(opt.escape_step, float(opt.curvature),
+                         None if opt.escape_trust is None
+                         else opt.escape_trust * opt.displacement, opt._escape_radius)
+    if length == 0.0:
+        return
+    if length < opt.displacement:  # too short to be worth a gradient evaluation
+        opt._escape_radius *= 2.0
+        return
+    params, direction = opt._params(), opt.direction
+    with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+    projection = float(dot([params[i].grad for i in with_grad], [direction[i] for i in with_grad]))
+    signed = -length if projection > 0 else length  # theta + signed N descends to first order
+    opt._escape_trials += 1
+    opt._probe_count += 1
+    with DisplacedGradients(params, closure, rng_before, signed) as trial:
+        try:
+            change = trial.hvp(direction)  # (g' - g) / signed
+        except NonFiniteProbe:
+            change = None
+    ratio = -math.inf if change is None else trust_ratio(
+        -abs(projection), float(opt.curvature), float(dot(change, direction)), length)
+    opt._escape_radius = next_radius(opt._escape_radius, length, ratio)
+    if ratio < ACCEPT:
+        return
+    opt._escapes += 1
+    with torch.no_grad():
+        torch._foreach_add_(params, list(direction), alpha=signed)
+        grads = [params[i].grad for i in with_grad]
+        torch._foreach_add_(grads, [change[i] for i in with_grad], alpha=signed)  # g' = g + t(g'-g)/t
