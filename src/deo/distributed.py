@@ -53,7 +53,9 @@ def _flat_dot(x: Tensor, y: Tensor, dtype: torch.dtype) -> Tensor:
     widened; on the CPU in cache-sized chunks, since a tensor-sized temporary costs more in
     page faults than the dot itself (on a GPU the caching allocator makes it cheap)."""
     x, y = x.reshape(-1), y.reshape(-1)
-    if x.dtype == y.dtype == dtype or x.device.type != "cpu" or x.numel() <= _CPU_CAST_CHUNK:
+    if x.dtype == y.dtype == dtype:  # the common case: no casts (each costs a dispatch)
+        return torch.dot(x, y)
+    if x.device.type != "cpu" or x.numel() <= _CPU_CAST_CHUNK:
         return torch.dot(x.to(dtype), y.to(dtype))
     return torch.stack([torch.dot(a.to(dtype), b.to(dtype)) for a, b in
                         zip(x.split(_CPU_CAST_CHUNK), y.split(_CPU_CAST_CHUNK))]).sum()
@@ -231,7 +233,8 @@ def _sum_over_shards(parts: list[tuple[tuple | None, Tensor]]) -> Tensor:
 
 
 def _widest_dtype(tensors: list[Tensor]) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtypes = {t.dtype for t in tensors}  # usually one: no promote_types call per tensor
+    dtype = dtypes.pop()
+    for other in dtypes:
+        dtype = torch.promote_types(dtype, other)
     return dtype
