@@ -153,3 +153,37 @@ def test_averaging_over_batches_finds_the_expected_hessians_v_min():
     assert share_of_lambda_min(hessian_memory=0.9) >= 0.7
     assert share_of_lambda_min(hessian_memory=0.8, ritz_window=5) >= 0.7
     assert share_of_lambda_min() < 0.5
+
+
+@pytest.mark.parametrize("budget", [1, 2])
+def test_curvature_stays_within_the_batch_spectra_when_every_batch_differs(budget):
+    """Products carried from other batches must not compound: the carried direction P only
+    enters the basis while it is far enough from N (dimer.MIN_P_LENGTH). Every evaluation
+    sees a new H_b = H + E_b with noise larger than H's own spread, the stochastic regime of
+    the GPT, where the Ritz curvature once ran away to -4e23."""
+    d = 60
+    mean_hessian, _ = quadratic(torch.linspace(-1.0, 5.0, d, dtype=torch.float64), seed=2)
+    calls = []
+
+    def batch_hessian():
+        g = torch.randn(d, d, generator=torch.Generator().manual_seed(20_000 + len(calls)),
+                        dtype=torch.float64)
+        calls.append(None)
+        return mean_hessian + 20.0 * (g + g.T) / (2 * d) ** 0.5
+
+    bound = 2 * max(float(torch.linalg.eigvalsh(batch_hessian()).abs().max()) for _ in range(20))
+    x = torch.zeros(d, dtype=torch.float64, requires_grad=True)
+    opt = deo.DEO([x], base=torch.optim.SGD, lr=0.0, alpha=0.0, interval=1,
+                  displacement=1e-3, rotation="ritz", probes_per_update=budget)
+
+    def closure():
+        x.grad = None
+        loss = 0.5 * x @ batch_hessian() @ x
+        loss.backward()
+        return loss
+
+    curvatures = []
+    for _ in range(300):
+        opt.step(closure)
+        curvatures.append(abs(float(opt.curvature)))
+    assert max(curvatures) < bound, f"|C| reached {max(curvatures):.3g}, bound {bound:.3g}"
