@@ -99,15 +99,20 @@ def test_fp16_autocast_with_grad_scaler_trains_and_probes():
     assert abs(c16 - c32) <= 0.15 * abs(c32) + 1e-3, (c32, c16)
 
 
-@pytest.mark.parametrize("rotation", ["oja", "ritz"])
-def test_scaled_float32_run_is_bit_identical_to_an_unscaled_one(rotation):
+@pytest.mark.parametrize("settings", [{"rotation": "oja"}, {"rotation": "ritz"},
+                                      {"rotation": "ritz", "escape_step": 2.0,
+                                       "escape_rule": "checked"}])
+def test_scaled_float32_run_is_bit_identical_to_an_unscaled_one(settings):
     # Scaling by a power of 2 is exact in float32: DEO must unscale the main AND the
-    # displaced gradients by the same factor to get the very same run.
-    reference, ref_opt = build(rotation=rotation, max_grad_norm=1.0)
+    # displaced gradients (the checked escape's trial included) by the same factor to get the
+    # very same run.
+    reference, ref_opt = build(max_grad_norm=1.0, **settings)
     run(reference, ref_opt, 8)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
-    model, opt = build(rotation=rotation, max_grad_norm=1.0)
+    model, opt = build(max_grad_norm=1.0, **settings)
     run(model, opt, 8, scaler=scaler)
+    if "escape_rule" in settings:
+        assert int(opt.stats["escape_trials"]) > 0
     assert scaler.get_scale() == 2.0**12  # grew twice: steps were not reported as overflows
     assert_same(reference, ref_opt, model, opt)
     assert torch.equal(ref_opt.curvature, opt.curvature)
