@@ -37,6 +37,7 @@ CONFIGS = {
     "fsdp2-ritz": {"wrap": "fsdp2", "rotation": "ritz", "max_grad_norm": 0.5},
     "fsdp2-oja-tensor-scope": {"wrap": "fsdp2", "rotation": "oja", "scope": "tensor"},
     # the checked escape decides from gradients: every rank must take the same decision
+    # (escape_step 1.0: long enough that some trials are undone, 1 of 6 here)
     "ddp-ritz-checked-escape": {"wrap": "ddp", "rotation": "ritz", "escape_rule": "checked"},
     "fsdp2-ritz-checked-escape": {"wrap": "fsdp2", "rotation": "ritz",
                                   "escape_rule": "checked"},
@@ -107,7 +108,7 @@ def run_config(name: str, distributed: bool = False) -> dict:
                   interval=INTERVAL, displacement=1e-3, rotation=config["rotation"],
                   rotation_lr=0.2, scope=config.get("scope", "global"), seed=7,
                   max_grad_norm=config.get("max_grad_norm"),
-                  escape_step=0.5 if "escape_rule" in config else 0.0,
+                  escape_step=1.0 if "escape_rule" in config else 0.0,
                   escape_rule=config.get("escape_rule", "fixed"))
     result = {"initial_direction": local(opt.direction), "params": [], "directions": [],
               "losses": [],
