@@ -107,7 +107,9 @@ def norm(xs: list[Tensor]) -> Tensor:
     if not _has_dtensor(xs):
         norms = torch._foreach_norm(xs)
         dtype = _widest_dtype(norms)
-        return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]))
+        if any(n.dtype != dtype for n in norms):  # mixed dtypes only: a cast per tensor
+            norms = [n.to(dtype) for n in norms]
+        return torch.linalg.vector_norm(torch.stack(norms))
     locals_ = [_local(x) for x in xs]
     norms = torch._foreach_norm([t for _, t in locals_])
     dtype = _widest_dtype(norms)
