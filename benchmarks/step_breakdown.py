@@ -1,6 +1,11 @@
 """Where DEO's training-step time goes on the character GPT: probe steps, cheap steps, the
 AdamW step and one forward+backward, each timed on its own (medians, steps interleaved).
 
+From the medians it also gives the throughput efficiency they imply at f = 5, 10, 20 (the
+measure of throughput.py): DEO's mean step is ((f - 1) cheap + probe) / f against the ideal
+AdamW step + t_fb / f. On a machine whose speed drifts by several percent from minute to
+minute, medians of single interleaved steps are a steadier estimate than windows of steps.
+
     python benchmarks/step_breakdown.py [--interval 10] [--rounds 6] [--device cpu|cuda]
 Writes benchmarks/results/step_breakdown_<device>.{json,md}.
 """
@@ -40,11 +45,23 @@ def main() -> None:
     derived = {"cheap step beyond AdamW": ms["cheap step"] - ms["AdamW step"],
                "probe beyond cheap step and one forward+backward":
                    ms["probe step"] - ms["cheap step"] - ms["forward+backward"]}
+    efficiency = {f: implied_efficiency(ms, f) for f in (5, 10, 20)}
     table = ["| what | ms |", "|---|---|"]
     table += [f"| {k} | {v:.2f} |" for k, v in {**ms, **derived}.items()]
+    table += ["", "| f | DEO step (mean) | ideal step | efficiency |", "|---|---|---|---|"]
+    table += [f"| {f} | {e['deo_ms']:.2f} | {e['ideal_ms']:.2f} | {e['efficiency']:.3f} |"
+              for f, e in efficiency.items()]
     write_result(RESULTS / f"step_breakdown_{device.type}",
                  {"machine": machine(device), "settings": vars(args), "ms": ms,
-                  "derived_ms": derived}, table)
+                  "derived_ms": derived, "samples": {k: len(v) for k, v in times.items()},
+                  "implied_efficiency": efficiency}, table)
+
+
+def implied_efficiency(ms: dict[str, float], interval: int) -> dict[str, float]:
+    """DEO's mean step at probe interval f from the medians, against the ideal."""
+    deo_ms = ((interval - 1) * ms["cheap step"] + ms["probe step"]) / interval
+    ideal_ms = ms["AdamW step"] + ms["forward+backward"] / interval
+    return {"deo_ms": deo_ms, "ideal_ms": ideal_ms, "efficiency": ideal_ms / deo_ms}
 
 
 if __name__ == "__main__":
