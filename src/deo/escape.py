@@ -104,5 +104,5 @@ def try_escape(opt: DEO, closure: Callable[[], Tensor], rng_before: dict) -> Non
     opt._escapes += 1
     with torch.no_grad():
         torch._foreach_add_(params, list(direction), alpha=signed)
-        grads = [params[i].grad for i in with_grad]
-        torch._foreach_add_(grads, [change[i] for i in with_grad], alpha=signed)  # g' = g + t(g'-g)/t
+        grads = [params[i].grad for i in with_grad]  # g' = g + t (g' - g) / t
+        torch._foreach_add_(grads, [change[i] for i in with_grad], alpha=signed)
