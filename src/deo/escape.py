@@ -87,6 +87,8 @@ def try_escape(opt: DEO, closure: Callable[[], Tensor], rng_before: dict) -> Non
         return
     params, direction = opt._params(), opt.direction
     with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+    if not with_grad:  # nothing to descend along
+        return
     projection = float(dot([params[i].grad for i in with_grad], [direction[i] for i in with_grad]))
     signed = -length if projection > 0 else length  # theta + signed N descends to first order
     opt._escape_trials += 1
