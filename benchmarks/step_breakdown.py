@@ -7,6 +7,7 @@ AdamW step + t_fb / f. On a machine whose speed drifts by several percent from m
 minute, medians of single interleaved steps are a steadier estimate than windows of steps.
 
     python benchmarks/step_breakdown.py [--interval 10] [--rounds 6] [--device cpu|cuda]
+        [--preset small|complex] [--batch-size 12] [--amp]
 Writes benchmarks/results/step_breakdown_<device>.{json,md}.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import torch
 from common import RESULTS, machine, seconds_per_call, write_result
@@ -26,11 +28,17 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--rotation", default="oja")
+    parser.add_argument("--preset", default="small", help="GPT size: small or complex")
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--out", default=None,
+                        help="file stem (default results/step_breakdown_<device>)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    task = {"preset": "small", "data": None, "batch_size": 12}
-    dimer = Trainer(task, device, "deo", False, interval=args.interval, rotation=args.rotation)
-    base = Trainer(task, device, "base", False)
+    task = {"preset": args.preset, "data": None, "batch_size": args.batch_size}
+    dimer = Trainer(task, device, "deo", args.amp, interval=args.interval,
+                    rotation=args.rotation)
+    base = Trainer(task, device, "base", args.amp)
     for _ in range(args.interval + 2):
         dimer.train_step()
         base.train_step()
@@ -51,7 +59,7 @@ def main() -> None:
     table += ["", "| f | DEO step (mean) | ideal step | efficiency |", "|---|---|---|---|"]
     table += [f"| {f} | {e['deo_ms']:.2f} | {e['ideal_ms']:.2f} | {e['efficiency']:.3f} |"
               for f, e in efficiency.items()]
-    write_result(RESULTS / f"step_breakdown_{device.type}",
+    write_result(Path(args.out) if args.out else RESULTS / f"step_breakdown_{device.type}",
                  {"machine": machine(device), "settings": vars(args), "ms": ms,
                   "derived_ms": derived, "samples": {k: len(v) for k, v in times.items()},
                   "implied_efficiency": efficiency}, table)
