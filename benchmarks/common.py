@@ -32,6 +32,11 @@ def seconds_per_call(call: Callable[[], object], device: torch.device, calls: in
     return (time.perf_counter() - started) / calls
 
 
+def result_stem(out: str | None, name: str, device: torch.device) -> Path:
+    """Where a script writes: ``--out`` if given, else results/<name>_<device type>."""
+    return Path(out) if out else RESULTS / f"{name}_{device.type}"
+
+
 def write_result(stem: Path, payload: dict, table: list[str]) -> None:
     """stem.json (the payload, with the command line) and stem.md (header + table)."""
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,9 @@ import math
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
-from common import RESULTS, machine, write_result
+from common import machine, result_stem, write_result
 
 import deo
 
@@ -118,7 +117,7 @@ def main() -> None:
 def write(rows, args, device) -> None:
     about = {**machine(device), "peak_measure": "max_memory_allocated"
              if device.type == "cuda" else "ru_maxrss (upper bound)"}
-    stem = Path(args.out) if args.out else RESULTS / f"memory_{device.type}"
+    stem = result_stem(args.out, "memory", device)
     p = rows[0]["param_bytes"]
     table = [f"Parameters: {p / 4 / 1e6:.1f}M float32 ({p / 2**20:.0f} MiB = 1 P)", "",
              "| optimizer | persistent (x P) | transient at probe peak (x P) | peak (MiB) |",

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
-from common import RESULTS, machine, seconds_per_call, write_result
+from common import machine, result_stem, seconds_per_call, write_result
 from throughput import Trainer
 
 
@@ -59,7 +58,7 @@ def main() -> None:
     table += ["", "| f | DEO step (mean) | ideal step | efficiency |", "|---|---|---|---|"]
     table += [f"| {f} | {e['deo_ms']:.2f} | {e['ideal_ms']:.2f} | {e['efficiency']:.3f} |"
               for f, e in efficiency.items()]
-    write_result(Path(args.out) if args.out else RESULTS / f"step_breakdown_{device.type}",
+    write_result(result_stem(args.out, "step_breakdown", device),
                  {"machine": machine(device), "settings": vars(args), "ms": ms,
                   "derived_ms": derived, "samples": {k: len(v) for k, v in times.items()},
                   "implied_efficiency": efficiency}, table)

@@ -23,10 +23,9 @@ import argparse
 import math
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from common import RESULTS, machine, seconds_per_call, write_result
+from common import machine, result_stem, seconds_per_call, write_result
 
 import deo
 
@@ -154,7 +153,7 @@ def add_fused_reference(rows: list[dict], size: int) -> None:
 
 
 def write(rows, args, device) -> None:
-    stem = Path(args.out) if args.out else RESULTS / f"step_time_{device.type}"
+    stem = result_stem(args.out, "step_time", device)
     table = ["| params | base | variant | ms / step | x base | x fused AdamW |",
              "|---|---|---|---|---|---|"]
     table += [f"| {r['params']:.0e} | {r['base']} | {r['variant']} | {r['ms']:.3f} | "

@@ -23,10 +23,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-from pathlib import Path
 
 import torch
-from common import RESULTS, machine, seconds_per_call, write_result
+from common import machine, result_stem, seconds_per_call, write_result
 
 import deo
 from deo.bench.lm import CharLM
@@ -130,7 +129,7 @@ def write(rows, args, device, t_fb, t_step, params) -> None:
     setting = {"preset": args.preset, "params": params, "batch_size": args.batch_size,
                "amp_bf16": args.amp, "t_fb_ms": t_fb * 1e3, "t_step_ms": t_step * 1e3,
                "steps_per_round": args.steps, "rounds": args.rounds}
-    stem = Path(args.out) if args.out else RESULTS / f"throughput_{device.type}"
+    stem = result_stem(args.out, "throughput", device)
     table = [f"Setting: {setting}", "",
              "| optimizer | interval | ms / step | tokens / s | x adamw | ideal | efficiency |",
              "|---|---|---|---|---|---|---|"]
