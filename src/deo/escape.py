@@ -74,12 +74,16 @@ def next_radius(radius: float, length: float, ratio: float) -> float:
     return radius
 
 
+def longest_step(opt: DEO) -> float | None:
+    """``escape_trust`` displacements (k dR), the cap of either rule; None without one."""
+    return None if opt.escape_trust is None else opt.escape_trust * opt.displacement
+
+
 def try_escape(opt: DEO, closure: Callable[[], Tensor], rng_before: dict) -> None:
     """The checked escape step on ``opt`` (a probe step, after the rotation): moves the
     parameters and replaces the gradients in .grad if the trial is kept."""
-    length = step_length(opt.escape_step, float(opt.curvature),
-                         None if opt.escape_trust is None
-                         else opt.escape_trust * opt.displacement, opt._escape_radius)
+    curvature = float(opt.curvature)
+    length = step_length(opt.escape_step, curvature, longest_step(opt), opt._escape_radius)
     if length == 0.0:
         return
     if length < opt.displacement:  # too short to be worth a gradient evaluation
@@ -99,7 +103,7 @@ def try_escape(opt: DEO, closure: Callable[[], Tensor], rng_before: dict) -> Non
         except NonFiniteProbe:
             change = None
     ratio = -math.inf if change is None else trust_ratio(
-        -abs(projection), float(opt.curvature), float(dot(change, direction)), length)
+        -abs(projection), curvature, float(dot(change, direction)), length)
     opt._escape_radius = next_radius(opt._escape_radius, length, ratio)
     if ratio < ACCEPT:
         return

@@ -297,10 +297,9 @@ class DEO(Optimizer):
         else:
             projection = self._correct_and_step(record=is_probe)
             if escaping and self.escape_rule == "fixed" and projection is not None:
-                longest = None if self.escape_trust is None else \
-                    self.escape_trust * self.displacement
                 escape_along_negative_curvature_(self._params(), self.direction, projection,
-                                                 self.curvature, self.escape_step, longest)
+                                                 self.curvature, self.escape_step,
+                                                 escape.longest_step(self))
         if is_probe and self.interval_rule == "angle":
             # A Ritz cycle spread over probe steps (budget 1) only turns N when it completes:
             # the gap adapts to the angles of completed rotations.
