@@ -3,8 +3,15 @@ AdamW step and one forward+backward, each timed on its own (medians, steps inter
 
 From the medians it also gives the throughput efficiency they imply at f = 5, 10, 20 (the
 measure of throughput.py): DEO's mean step is ((f - 1) cheap + probe) / f against the ideal
-AdamW step + t_fb / f. On a machine whose speed drifts by several percent from minute to
-minute, medians of single interleaved steps are a steadier estimate than windows of steps.
+AdamW step + t_fb / f.
+
+It also times the floor of any cheap step: the bare correction, torch.dot per tensor and one
+``_foreach_addcmul_`` (deo.corrections.paper_correction_) on the gradients an AdamW step has
+just consumed, against a cold N, as in a real step. Its median bounds the efficiency from
+above at every f: AdamW step / (AdamW step + bare correction).
+
+On a machine whose speed drifts by several percent from minute to minute, medians of single
+interleaved steps are a steadier estimate than windows of steps.
 
     python benchmarks/step_breakdown.py [--interval 10] [--rounds 6] [--device cpu|cuda]
         [--preset small|complex] [--batch-size 12] [--amp]
@@ -15,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from functools import partial
 
 import torch
 from common import machine, result_stem, seconds_per_call, write_result
 from throughput import Trainer
+
+from deo.corrections import paper_correction_
 
 
 def main() -> None:
@@ -42,19 +52,24 @@ def main() -> None:
         dimer.train_step()
         base.train_step()
     times: dict[str, list[float]] = {"probe step": [], "cheap step": [], "AdamW step": [],
-                                     "forward+backward": []}
+                                     "bare correction": [], "forward+backward": []}
     for _ in range(args.rounds * args.interval):
         kind = "probe step" if dimer.step_index % args.interval == 0 else "cheap step"
         times[kind].append(seconds_per_call(dimer.train_step, device, 1))
         times["AdamW step"].append(seconds_per_call(base.train_step, device, 1))
+        bare = partial(paper_correction_, [p.grad for p in base.params], dimer.opt.direction, 0.0)
+        times["bare correction"].append(seconds_per_call(bare, device, 1))
         times["forward+backward"].append(seconds_per_call(base.closure, device, 1))
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     derived = {"cheap step beyond AdamW": ms["cheap step"] - ms["AdamW step"],
                "probe beyond cheap step and one forward+backward":
-                   ms["probe step"] - ms["cheap step"] - ms["forward+backward"]}
+                   ms["probe step"] - ms["cheap step"] - ms["forward+backward"],
+               "efficiency cap of the bare correction":
+                   ms["AdamW step"] / (ms["AdamW step"] + ms["bare correction"])}
     efficiency = {f: implied_efficiency(ms, f) for f in (5, 10, 20)}
     table = ["| what | ms |", "|---|---|"]
-    table += [f"| {k} | {v:.2f} |" for k, v in {**ms, **derived}.items()]
+    table += [f"| {k} | {v:.3f} |" if k.startswith("efficiency") else f"| {k} | {v:.2f} |"
+              for k, v in {**ms, **derived}.items()]
     table += ["", "| f | DEO step (mean) | ideal step | efficiency |", "|---|---|---|---|"]
     table += [f"| {f} | {e['deo_ms']:.2f} | {e['ideal_ms']:.2f} | {e['efficiency']:.3f} |"
               for f, e in efficiency.items()]
