@@ -18,6 +18,7 @@ Writes benchmarks/results/spike_search_<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import math
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -54,8 +55,8 @@ def train(config: dict, steps: int, seed: int) -> dict:
                   min_lr=config["lr"], batch_size=config["batch_size"],
                   betas=(0.9, config["beta2"]), max_grad_norm=config["max_grad_norm"])
     record = run_one(task, "adamw", seed, progress=False)
-    losses = [loss for _, loss in record.train_loss]
-    ratios = loss_ratios(losses) if len(losses) == steps else []  # one loss per step recorded
+    losses = [loss for _, loss in record.train_loss]  # every step's (steps <= 2000)
+    ratios = [r for r in loss_ratios(losses) if math.isfinite(r)]  # a diverged run ends in NaN
     return {**config, "status": record.status, "spikes": record.spikes,
             "max_ratio": max(ratios, default=float("nan")),
             "over_1.2": sum(r > 1.2 for r in ratios),
