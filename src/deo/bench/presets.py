@@ -8,13 +8,13 @@
     sweep-displacement  DEO-AdamW with dR in {1e-3, 3e-3, 1e-2, 3e-2}
     spikes              a spike-prone GPT (high lr, no warm-up, beta2 0.999), 3 seeds
     policies-saddle     the saddle suite: every policy beyond the paper, the recommended
-                        configuration (and the first frozen one), the oracle and PGD, on SGD
-                        and Adam, 3 seeds
+                        configuration (and the first and third frozen ones), the oracle and
+                        PGD, on SGD and Adam, 3 seeds
     policies-spikes     the spike-prone GPT: AdamW, the paper's DEO, the recommended DEO and
                         the policies, 3 seeds
     policies-small      the paper's small GPT for 2000 iterations, same optimizers, 3 seeds
     policies-complex    the paper's complex GPT for 2000 iterations (GPU): AdamW, the
-                        recommended, the first frozen and the paper's DEO
+                        recommended, the third and first frozen and the paper's DEO
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from .lm import CharLM
-from .optimizers import FIRST_FROZEN, NAMES, RECOMMENDED, recommended
+from .optimizers import FIRST_FROZEN, NAMES, RECOMMENDED, THIRD_FROZEN, recommended
 from .saddle import DeepLinear, MatrixSensing, MonkeySaddle, QuadraticSaddle
 from .task import Task
 from .vision import DigitsCNN, DigitsMLP
@@ -70,12 +70,13 @@ def quick_tasks(data: str | None) -> list[Callable[[], Task]]:
 
 def policy_optimizers(base: str, *, oracle: bool = False,
                       every_policy: bool = True) -> tuple[str, ...]:
-    """Issue 7 on ``base``: the base, the recommended configuration and the first frozen one,
+    """Issue 7 on ``base``: the base, the recommended configuration, the third and first frozen,
     the paper's DEO, each policy alone (``every_policy=False``: the curvature-gated alpha and
     the hybrid only, for the slow LM settings), and on small problems the oracle with the
     recommended settings."""
     ritz = f"deo-{base}-ritz"
-    names = (base, recommended(base), recommended(base, FIRST_FROZEN), f"deo-{base}",
+    names = (base, recommended(base), recommended(base, THIRD_FROZEN),
+             recommended(base, FIRST_FROZEN), f"deo-{base}",
              f"{ritz}:alpha_rule=curvature", f"{ritz}:trigger=spike")
     if every_policy:
         names += (f"{ritz}:interval_rule=angle", f"{ritz}:alpha=0,escape_step=0.25")
@@ -125,7 +126,7 @@ def build_preset(name: str, data: str | None = None) -> Preset:
     if name in ("policies-small", "policies-complex"):
         size = name.split("-")[1]
         return Preset(name, [_lm(data, name=f"gpt-{size}-2k", preset=size, steps=2000)],
-                      lm_policies if size == "small" else lm_policies[:4], seeds=3,
+                      lm_policies if size == "small" else lm_policies[:5], seeds=3,
                       description=f"issue 7 policies, the paper's {size} GPT, 2000 iterations")
     raise ValueError(f"preset: unknown {name!r}; expected one of {list(PRESETS)}")
 
