@@ -297,3 +297,23 @@ def test_diverged_runs_with_huge_losses_still_get_a_report(tmp_path):
     report = write_report(tmp_path, records=[sane, huge, huge_again])
     text = report.read_text()
     assert "loses" in text and (tmp_path / "plots" / "t-loss.png").stat().st_size > 0
+
+
+def test_one_legend_below_the_axes_names_every_optimizer():
+    """Long bench names in a legend inside the axes hid the curves: one legend goes below."""
+    names = ["adamw", "deo-adamw-ritz:alpha=0,escape_step=0.25,interval=5,escape_rule=checked",
+             "deo-adamw-ritz:alpha=-1,interval=5"]
+    runs = {name: [make_record("gpt-small", name, seed, 1.0 + 0.1 * seed) for seed in range(2)]
+            for name in names}
+    for run in runs[names[1]]:
+        run["deo"] = [{"step": 100, "curvature": -1.0}, {"step": 200, "curvature": -2.0}]
+    deo_runs = {name: runs[name] for name in names[1:]}
+    for figure, drawn in ((plots.plot_loss_curves(runs, plots.distinct_colors(names)), names),
+                          (plots.plot_curvature(deo_runs, plots.distinct_colors(names[1:])),
+                           names[1:])):
+        figure.canvas.draw()
+        assert all(axes.get_legend() is None for axes in figure.axes)
+        (legend,) = figure.legends
+        assert sorted(text.get_text() for text in legend.get_texts()) == sorted(drawn)
+        below = legend.get_window_extent().y1
+        assert all(below <= axes.get_tightbbox().y0 + 1 for axes in figure.axes)

@@ -17,6 +17,7 @@ from typing import Any
 from .task import SPIKE_FACTOR, SPIKE_WINDOW, spike_indices
 
 PLOT_LIMIT = 1e30  # larger values (diverged runs) are not drawn
+LEGEND_ROW_INCHES = 0.2  # one line of a fontsize-8 legend, with its spacing
 
 Run = dict[str, Any]
 Series = Iterable[Sequence[float]]  # [(step, value), ...]
@@ -53,7 +54,7 @@ def spike_points(train_loss: Sequence[Sequence[float]], factor: float = SPIKE_FA
 def plot_loss_curves(runs_by_optimizer: Mapping[str, Sequence[Run]],
                      colors: Mapping[str, str]) -> Any:
     """Train loss (with spike markers) and eval loss against step, mean and min..max band."""
-    figure, (train_axes, eval_axes) = _new_figure(columns=2)
+    figure, (train_axes, eval_axes) = _new_figure(2, legend_entries=len(runs_by_optimizer))
     for name, runs in runs_by_optimizer.items():
         color = colors[name]
         _draw_band(train_axes, [run["train_loss"] for run in runs], name, color)
@@ -66,18 +67,20 @@ def plot_loss_curves(runs_by_optimizer: Mapping[str, Sequence[Run]],
         _draw_band(eval_axes, evals, name, color)
     _finish(train_axes, "train loss (x: spike)", "loss")
     _finish(eval_axes, "eval loss", "loss")
+    _legend_below(figure, [train_axes, eval_axes])
     return figure
 
 
 def plot_curvature(runs_by_optimizer: Mapping[str, Sequence[Run]],
                    colors: Mapping[str, str]) -> Any:
     """Curvature along DEO's direction N against step, one band per DEO variant."""
-    figure, (axes,) = _new_figure(columns=1)
+    figure, (axes,) = _new_figure(1, legend_entries=len(runs_by_optimizer))
     axes.axhline(0.0, color="0.5", linewidth=0.8)
     for name, runs in runs_by_optimizer.items():
         series = [[(e["step"], e["curvature"]) for e in run["deo"]] for run in runs]
         _draw_band(axes, series, name, colors[name])
     _finish(axes, "curvature along N (< 0: negative curvature)", "N . HN")
+    _legend_below(figure, [axes])
     return figure
 
 
@@ -138,7 +141,7 @@ def _plottable(value: float | None) -> bool:
 
 
 def _finish(axes: Any, title: str, ylabel: str) -> None:
-    """Titles, legend, and a log scale for positive data spanning more than a decade."""
+    """Titles and a log scale for positive data spanning more than a decade."""
     axes.set_title(title)
     axes.set_xlabel("step")
     axes.set_ylabel(ylabel)
@@ -148,17 +151,30 @@ def _finish(axes: Any, title: str, ylabel: str) -> None:
     low, high = axes.dataLim.y0, axes.dataLim.y1
     if low > 0 and high / low > 10:
         axes.set_yscale("log")
-    axes.legend(fontsize=8)
 
 
-def _new_figure(columns: int, bottom_inches: float = 0.55) -> tuple[Any, list[Any]]:
-    """A row of ``columns`` axes with fixed margins (a layout engine would double the cost)."""
+def _legend_below(figure: Any, axes_row: Sequence[Any]) -> None:
+    """One legend for the row, below the axes: bench names are long ('deo-adamw-ritz:alpha=0,
+    escape_step=0.25,...'), and a legend inside the axes hides the curves."""
+    entries: dict[str, Any] = {}
+    for axes in axes_row:
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        figure.legend(list(entries.values()), list(entries), loc="lower center",
+                      ncol=len(axes_row), fontsize=8, frameon=False)
+
+
+def _new_figure(columns: int, legend_entries: int = 0) -> tuple[Any, list[Any]]:
+    """A row of ``columns`` axes with fixed margins (a layout engine would double the cost),
+    and room below them for a legend of ``legend_entries`` names in ``columns`` columns."""
     figure_class, canvas_class = _figure_classes()
-    width, height = 5.2 * columns, 3.8
+    legend_inches = LEGEND_ROW_INCHES * math.ceil(legend_entries / columns)
+    width, height = 5.2 * columns, 3.8 + legend_inches
     figure = figure_class(figsize=(width, height), dpi=100)
     canvas_class(figure)
     figure.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, wspace=0.3,
-                           bottom=bottom_inches / height, top=1 - 0.35 / height)
+                           bottom=(0.55 + legend_inches) / height, top=1 - 0.35 / height)
     return figure, list(figure.subplots(1, columns, squeeze=False)[0])
 
 
