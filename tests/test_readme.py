@@ -5,6 +5,9 @@ from pathlib import Path
 
 import torch
 
+import deo
+from deo.bench.optimizers import RECOMMENDED, parse_optimizer
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -25,10 +28,8 @@ def test_readme_training_loop_runs_and_probes(capsys):
 def test_readme_recommended_configuration_is_the_benchmarks():
     """The README's recommended DEO must be deo.bench.optimizers.RECOMMENDED, setting for
     setting, so the two cannot drift apart when a configuration is frozen anew."""
-    from deo.bench.optimizers import RECOMMENDED, parse_optimizer
-
     (block,) = [b for b in python_blocks() if 'escape_rule="checked"' in b]
-    namespace = {"torch": torch, "deo": __import__("deo"), "model": torch.nn.Linear(3, 1)}
+    namespace = {"torch": torch, "deo": deo, "model": torch.nn.Linear(3, 1)}
     exec(compile(block, str(README), "exec"), namespace)
     opt = namespace["opt"]
     spec = parse_optimizer(f"deo-adamw-ritz:{RECOMMENDED}")
