@@ -18,6 +18,88 @@ from . import dimer, policies
 from .escape import ESCAPE_RULES
 
 SCOPES = ("global", "tensor")
+# Finite values past these are typing errors, and they overflow float32 arithmetic in the
+# step (alpha (g.N), lr HN, theta + dR N) instead of failing where they were passed.
+ALPHA_LIMIT = 1e3  # |alpha|; the paper uses 5
+ROTATION_LR_LIMIT = 1e6
+DISPLACEMENT_LIMIT = 1e3  # a displacement of the order of the weights themselves, or more
+ESCAPE_LIMIT = 1e6  # escape_step and escape_trust
+SEED_LIMIT = 2**63  # seeds are in [0, 2^63): torch.Generator's signed range
+# Bases whose step() needs a closure of its own or gradients DEO cannot project.
+REFUSED_BASES = {
+    "LBFGS": "it needs a closure in its own step() (its line search re-evaluates the loss), "
+             "and DEO calls base.step() without one",
+    "SparseAdam": "it takes sparse gradients only, and DEO's dot products and corrections "
+                  "need dense ones",
+}
+
+
+def check_base(base: Any) -> None:
+    """Refuse the torch optimizers that cannot be DEO's base, by class or instance."""
+    cls = base if isinstance(base, type) else type(base)
+    name = cls.__name__ if isinstance(cls, type) else ""
+    if isinstance(cls, type) and issubclass(cls, Optimizer) and name in REFUSED_BASES \
+            and cls.__module__.startswith("torch.optim"):
+        raise TypeError(f"base: torch.optim.{name} cannot be DEO's base: "
+                        f"{REFUSED_BASES[name]}; use a first-order optimizer such as "
+                        f"torch.optim.AdamW, Adam or SGD")
+
+
+def check_params(base: Optimizer) -> None:
+    """Refuse parameters that DEO's one real vector N cannot describe."""
+    params = [p for group in base.param_groups for p in group["params"]]
+    seen: dict[int, int] = {}
+    for i, p in enumerate(params):
+        if id(p) in seen:
+            raise ValueError(f"params: parameter {i} is parameter {seen[id(p)]} again; list each "
+                             f"tensor once (a repeated tensor would count twice in every dot "
+                             f"product and corrupt the curvature)")
+        seen[id(p)] = i
+        if p.is_complex():
+            raise TypeError(f"params: parameter {i} is complex ({p.dtype}); DEO's curvature and "
+                            f"N are real: optimize torch.view_as_real(...) of it instead")
+        if not p.is_floating_point():
+            raise TypeError(f"params: parameter {i} has dtype {p.dtype}; DEO needs floating "
+                            f"point parameters")
+        if p.is_meta:
+            raise ValueError(f"params: parameter {i} is on the meta device and holds no data; "
+                             f"materialise the model first (model.to_empty(device=...) and "
+                             f"initialise it)")
+        if p.is_sparse:
+            raise TypeError(f"params: parameter {i} is a sparse tensor; DEO needs dense "
+                            f"parameters")
+    if params and not any(p.numel() > 0 for p in params):
+        raise ValueError("params: every parameter is empty (0 elements); nothing to optimize")
+
+
+def check_displacement(displacement: float, params: list[Tensor]) -> None:
+    """dR must move the parameters: at least the machine epsilon of their dtype."""
+    floor = max(torch.finfo(torch.promote_types(p.dtype, torch.float32)).eps for p in params)
+    if not displacement >= floor:
+        raise ValueError(f"displacement: {displacement!r} is below the machine epsilon of the "
+                         f"parameters' dtype ({floor:.3g}): theta + dR N would round to theta; "
+                         f"expected a float in [{floor:.3g}, {DISPLACEMENT_LIMIT:g}]")
+
+
+def check_gradients(params: list[Tensor]) -> None:
+    """Refuse sparse gradients (nn.Embedding(sparse=True)) at the first step, before any work."""
+    for i, p in enumerate(params):
+        if p.grad is not None and p.grad.is_sparse:
+            raise RuntimeError(f"DEO.step(): parameter {i} has a sparse gradient (e.g. "
+                               f"nn.Embedding(sparse=True)); DEO needs dense gradients: use "
+                               f"sparse=False")
+
+
+def loss_value(loss: Any, needed_by: str) -> float:
+    """The closure's loss as a float, for settings that read it on the host."""
+    if isinstance(loss, Tensor) and loss.numel() == 1:
+        return float(loss)
+    if _is_real(loss):
+        return float(loss)
+    got = type(loss).__name__ if not isinstance(loss, Tensor) else \
+        f"a tensor of shape {tuple(loss.shape)}"
+    raise TypeError(f"DEO.step(): {needed_by} reads the loss the closure returns, so the "
+                    f"closure must return it as a number or a one-element tensor; got {got}")
 
 
 def build_base(params, base, base_kwargs: dict[str, Any]) -> Optimizer:
@@ -72,14 +154,19 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
                    escape_trust=None, escape_rule="fixed") -> None:
     if not (_is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha: expected a finite real number, got {alpha!r}")
+    if not abs(alpha) <= ALPHA_LIMIT:
+        raise ValueError(f"alpha: expected a finite real number in [-{ALPHA_LIMIT:g}, "
+                         f"{ALPHA_LIMIT:g}], got {alpha!r}")
     if not (_is_int(interval) and interval >= 1):
         raise ValueError(f"interval: expected an integer >= 1, got {interval!r}")
     if displacement is not None and not (_is_real(displacement) and math.isfinite(displacement)
-                                         and displacement > 0):
-        raise ValueError(f"displacement: expected None or a finite float > 0, "
-                         f"got {displacement!r}")
-    if not (_is_real(rotation_lr) and math.isfinite(rotation_lr) and rotation_lr >= 0):
-        raise ValueError(f"rotation_lr: expected a finite float >= 0, got {rotation_lr!r}")
+                                         and 0 < displacement <= DISPLACEMENT_LIMIT):
+        raise ValueError(f"displacement: expected None or a finite float > 0 and <= "
+                         f"{DISPLACEMENT_LIMIT:g}, got {displacement!r}")
+    if not (_is_real(rotation_lr) and math.isfinite(rotation_lr)
+            and 0 <= rotation_lr <= ROTATION_LR_LIMIT):
+        raise ValueError(f"rotation_lr: expected a finite float >= 0 and <= "
+                         f"{ROTATION_LR_LIMIT:g}, got {rotation_lr!r}")
     if rotation not in dimer.ROTATION_RULES:
         raise ValueError(f"rotation: expected one of {sorted(dimer.ROTATION_RULES)}, "
                          f"got {rotation!r}")
@@ -94,6 +181,8 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
         raise ValueError("scope: rotation='ritz' works on one global N; use scope='global'")
     if not _is_int(seed):
         raise TypeError(f"seed: expected an int, got {seed!r}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed: expected an int in [0, 2**63), got {seed!r}")
     if scope not in SCOPES:
         raise ValueError(f"scope: expected one of {list(SCOPES)}, got {scope!r}")
     if max_grad_norm is not None and not (_is_real(max_grad_norm)
@@ -112,12 +201,14 @@ def check_settings(*, alpha, interval, displacement, rotation_lr, rotation, prob
                                   ("escape_rule", escape_rule, ESCAPE_RULES)):
         if value not in accepted:
             raise ValueError(f"{name}: expected one of {list(accepted)}, got {value!r}")
-    if not (_is_real(escape_step) and math.isfinite(escape_step) and escape_step >= 0):
-        raise ValueError(f"escape_step: expected a finite float >= 0, got {escape_step!r}")
+    if not (_is_real(escape_step) and math.isfinite(escape_step)
+            and 0 <= escape_step <= ESCAPE_LIMIT):
+        raise ValueError(f"escape_step: expected a finite float >= 0 and <= {ESCAPE_LIMIT:g}, "
+                         f"got {escape_step!r}")
     if escape_step > 0 and scope != "global":
         raise ValueError("escape_step: the negative-curvature step moves along one global N; "
                          "use scope='global'")
     if escape_trust is not None and not (_is_real(escape_trust) and math.isfinite(escape_trust)
-                                         and escape_trust > 0):
-        raise ValueError(f"escape_trust: expected None or a finite float > 0, "
-                         f"got {escape_trust!r}")
+                                         and 0 < escape_trust <= ESCAPE_LIMIT):
+        raise ValueError(f"escape_trust: expected None or a finite float > 0 and <= "
+                         f"{ESCAPE_LIMIT:g}, got {escape_trust!r}")

@@ -95,13 +95,14 @@ def try_escape(opt: DEO, closure: Callable[[], Tensor], rng_before: dict) -> Non
         return
     projection = float(dot([params[i].grad for i in with_grad], [direction[i] for i in with_grad]))
     signed = -length if projection > 0 else length  # theta + signed N descends to first order
-    opt._escape_trials += 1
-    opt._probe_count += 1
     with DisplacedGradients(params, closure, rng_before, signed) as trial:
         try:
             change = trial.hvp(direction)  # (g' - g) / signed
         except NonFiniteProbe:
             change = None
+    # counted once the evaluation is done: a closure that raised was no trial
+    opt._escape_trials += 1
+    opt._probe_count += 1
     ratio = -math.inf if change is None else trust_ratio(
         -abs(projection), curvature, float(dot(change, direction)), length)
     opt._escape_radius = next_radius(opt._escape_radius, length, ratio)

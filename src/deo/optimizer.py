@@ -12,7 +12,16 @@ from torch.optim import Optimizer
 
 from . import checkpoint, dimer, escape, policies, rotation_step
 from .amp import finite_after_unscale, unscaling
-from .arguments import build_base, check_settings, default_displacement
+from .arguments import (
+    build_base,
+    check_base,
+    check_displacement,
+    check_gradients,
+    check_params,
+    check_settings,
+    default_displacement,
+    loss_value,
+)
 from .corrections import escape_along_negative_curvature_, paper_correction_
 from .distributed import norm, shard_like
 from .probe_context import capture_rng_state
@@ -20,13 +29,13 @@ from .probe_context import capture_rng_state
 _DIRECTION = checkpoint.DIRECTION  # per-parameter state key of N
 
 _MISSING_CLOSURE = (
-    "DEO.step() needs a closure on probe steps (steps 0, interval, 2*interval, ...; this is "
-    "step {step} with interval={interval}): DEO evaluates the gradient a second time at the "
-    "displaced parameters on the same batch. Pass step(closure) where closure() zeroes the "
-    "gradients, computes the loss on the current batch, calls loss.backward() and returns the "
-    "loss. Without a closure DEO uses the gradients already in .grad, which only works on the "
-    "other steps. With a GradScaler, pass it to DEO, opt.step(closure, grad_scaler=scaler), "
-    "instead of calling scaler.step(opt)."
+    "DEO.step() needs a closure on this step ({why}; opt.probe_due() says when): DEO "
+    "evaluates the gradient a second time at the displaced parameters on the same batch. Pass "
+    "step(closure) where closure() zeroes the gradients, computes the loss on the current "
+    "batch, calls loss.backward() and returns the loss. Without a closure DEO uses the "
+    "gradients already in .grad, which only works on steps where opt.probe_due() is False. "
+    "With a GradScaler, pass it to DEO, opt.step(closure, grad_scaler=scaler), instead of "
+    "calling scaler.step(opt)."
 )
 
 
@@ -160,6 +169,7 @@ class DEO(Optimizer):
         escape_rule: str = "fixed",
         **base_kwargs: Any,
     ) -> None:
+        check_base(base)
         check_settings(alpha=alpha, interval=interval, displacement=displacement,
                        rotation_lr=rotation_lr, rotation=rotation,
                        probes_per_update=probes_per_update, hessian_memory=hessian_memory,
@@ -172,15 +182,17 @@ class DEO(Optimizer):
         if isinstance(base, DEO) or (isinstance(base, type) and issubclass(base, DEO)):
             raise TypeError("base: DEO cannot wrap another DEO")
         self.base = build_base(params, base, base_kwargs)
-        # Optimizer.__init__ registers the base's group dicts (it does not copy them); then
-        # the wrapper adopts the base's list itself, so lr schedulers writing into
-        # opt.param_groups and base.add_param_group are seen by both.
+        check_params(self.base)
+        # param_groups is the base's own list (a property): Optimizer.__init__ only registers
+        # the hooks and an empty state here, and lr schedulers writing into opt.param_groups,
+        # base.add_param_group and base.load_state_dict are all seen by both.
         super().__init__(self.base.param_groups, dict(self.base.defaults))
-        self.param_groups = self.base.param_groups
+        self._constructed = True
         self.alpha = float(alpha)
         self.interval = int(interval)
         self.displacement = default_displacement(self.param_groups) if displacement is None \
             else float(displacement)
+        check_displacement(self.displacement, self._params())
         self.rotation_lr = float(rotation_lr)
         self.rotation = rotation
         self.probes_per_update = int(probes_per_update)
@@ -206,9 +218,34 @@ class DEO(Optimizer):
         self._stats = {"curvature": nan, "angle": nan.clone(), "grad_share": nan.clone()}
         self._probe_count = 0
         self._skipped_probes = 0
+        self._inconsistent_probes = 0
         self._warned_nonfinite = False
+        self._warned_inconsistent = False
+        self._checked_gradients = False  # sparse gradients are refused at the first step
         self._rule_scalars: dict[str, Any] = {}  # e.g. the ritz cycle's phase
         self._init_direction(self._params(), generator=torch.Generator().manual_seed(self.seed))
+
+    # -- the base's param_groups, pickling -----------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The base optimizer's param_groups, the very list (schedulers write into it)."""
+        return self.base.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        # Optimizer.__init__ assigns an empty list before registering the groups: the base
+        # already holds them. Any other assignment replaces the base's list, as it would on a
+        # plain optimizer.
+        if self.__dict__.get("_constructed"):
+            self.base.param_groups = groups
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the hooks (as torch.optim drops them) and the compiled step: a
+        deepcopy, pickle or ``torch.save`` of DEO is a working DEO."""
+        state = {k: v for k, v in self.__dict__.items() if not k.endswith("_hooks")}
+        state["_compiled_cheap_step"] = None
+        return state
 
     # -- public read-outs -------------------------------------------------------------------
 
@@ -225,6 +262,7 @@ class DEO(Optimizer):
         return {**self._stats,
                 "probe_count": torch.tensor(self._probe_count),
                 "skipped_probes": torch.tensor(self._skipped_probes),
+                "inconsistent_probes": torch.tensor(self._inconsistent_probes),
                 "escapes": torch.tensor(self._escapes),
                 "escape_trials": torch.tensor(self._escape_trials)}
 
@@ -244,41 +282,59 @@ class DEO(Optimizer):
         scaler as an overflow), and calls ``scaler.update()``. Like ``scaler.step``, this
         reads the inf flag on the host once per step.
         """
-        scheduled = self._probe_is_due()
-        if closure is None and (scheduled or self.trigger != "always"):
-            raise RuntimeError(_MISSING_CLOSURE.format(step=self.steps, interval=self.interval))
+        due = self.probe_due()
+        if closure is None and due:
+            raise RuntimeError(_MISSING_CLOSURE.format(why=self._why_due()))
         scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
-        rng_before = capture_rng_state() if scheduled or self.trigger != "always" else None
+        rng_before = capture_rng_state() if due else None
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        is_probe, correct = self._decide(scheduled, loss)
+        if not self._checked_gradients:
+            check_gradients(self._params())
+            self._checked_gradients = True
+        is_probe, correct = self._decide(due, loss)
         if scaler is None:
             if is_probe:
-                self._probe(closure, rng_before)
+                self._probe(closure, rng_before, loss)
             self._update(is_probe, correct, closure, rng_before)
             return loss
         scaler.unscale_(self)
         closure = unscaling(closure, self._params(), scaler) if is_probe else closure
         if finite_after_unscale(scaler, self) and (
-                not is_probe or self._probe(closure, rng_before, scaler)):
+                not is_probe or self._probe(closure, rng_before, loss, scaler)):
             self._update(is_probe, correct, closure, rng_before)
         scaler.update()
         return loss
 
-    def _probe_is_due(self) -> bool:
+    def probe_due(self) -> bool:
+        """Whether this step may evaluate displaced gradients, so ``step()`` needs a closure.
+
+        True on the probe steps of the schedule: steps 0, interval, 2 interval, ... with
+        ``interval_rule="fixed"``, the steps the probe gap points to with ``"angle"``; and on
+        every step with ``trigger="spike"``, where the loss the closure returns decides. On
+        the other steps ``step()`` may be called without a closure (gradients in .grad).
+        """
         if self.trigger != "always":  # the trigger decides, after the loss is known
-            return False
+            return True
         if self.interval_rule == "fixed":
             return self.steps % self.interval == 0
         return self.steps >= self._next_probe
 
-    def _decide(self, scheduled: bool, loss: Tensor | None) -> tuple[bool, bool]:
+    def _why_due(self) -> str:
+        if self.trigger != "always":
+            return f"step {self.steps}; trigger={self.trigger!r} reads the loss on every step"
+        if self.interval_rule == "fixed":
+            return f"step {self.steps} with interval={self.interval}"
+        return f"step {self.steps}, a probe step of interval_rule={self.interval_rule!r}"
+
+    def _decide(self, due: bool, loss: Tensor | None) -> tuple[bool, bool]:
         """(probe on this step, correct this step's gradient)."""
         if self.trigger == "always":
-            return scheduled, True
-        jump = self._spikes.observe(self.steps, float(loss), self.interval)  # one host sync
+            return due, True
+        value = loss_value(loss, f"trigger={self.trigger!r}")  # one host sync
+        jump = self._spikes.observe(self.steps, value, self.interval)
         return jump, self._spikes.active(self.steps)
 
     def _update(self, is_probe: bool, correct: bool = True,
@@ -328,14 +384,16 @@ class DEO(Optimizer):
                 torch.nn.utils.clip_grad_norm_(with_grad, self.max_grad_norm)
         self.base.step()
 
-    def _probe(self, closure: Callable[[], Tensor], rng_before: dict,
+    def _probe(self, closure: Callable[[], Tensor], rng_before: dict, loss: Tensor | None,
                scaler: torch.amp.GradScaler | None = None) -> bool:
         """Rotate N with displaced gradients on this step's batch (rotation_step.py).
 
         Returns False if the probe saw a non-finite loss or gradient (N unchanged): without a
-        scaler the step goes on, warned once; with one it is an overflow for the scaler.
+        scaler the step goes on, warned once; with one it is an overflow for the scaler. A
+        displaced loss that disagrees with the gradients (another batch) skips the rotation
+        too, warned once, and the step goes on.
         """
-        return rotation_step.rotate(self, closure, rng_before, scaler)
+        return rotation_step.rotate(self, closure, rng_before, loss, scaler)
 
     def _correct(self, grads: list[Tensor], direction: list[Tensor],
                  record: bool) -> Tensor | None:
@@ -344,7 +402,7 @@ class DEO(Optimizer):
         alpha = policies.effective_alpha(self.alpha_rule, self.alpha, self.curvature)
         projections = [paper_correction_([grads[i] for i in block],
                                          [direction[i] for i in block], alpha)
-                       for block in self._blocks(len(grads))]
+                       for block in self._blocks(grads)]
         if record:  # norm of g's projection on span of the N blocks, relative to |g|
             self._stats["grad_share"] = norm(projections) / grad_norm
         return projections[0] if self.scope == "global" else None
@@ -354,10 +412,12 @@ class DEO(Optimizer):
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
-    def _blocks(self, count: int) -> list[list[int]]:
+    def _blocks(self, tensors: list[Tensor]) -> list[list[int]]:
+        """Indices of ``tensors`` that share one unit N: all of them, or one block each."""
         if self.scope == "global":
-            return [list(range(count))]
-        return [[i] for i in range(count)]
+            return [list(range(len(tensors)))]
+        # an empty tensor has no direction to turn (and no curvature to report)
+        return [[i] for i, t in enumerate(tensors) if t.numel() > 0]
 
     def _init_direction(self, params: list[Tensor], generator: torch.Generator) -> None:
         """A random unit N, drawn on the CPU from ``generator``: identical on every rank.
@@ -368,7 +428,9 @@ class DEO(Optimizer):
         """
         draws = [shard_like(torch.randn(p.shape, generator=generator).to(
             p.device, rotation_step.working_dtype(p)), p) for p in params]
-        for block in self._blocks(len(draws)):
+        for p, draw in zip(params, draws):  # empty tensors are in no block: N is empty there
+            self.state[p][_DIRECTION] = draw.to(self._stored_dtype(p))
+        for block in self._blocks(draws):
             unit = dimer.normalize([draws[i] for i in block])
             for i, n in zip(block, unit):
                 self.state[params[i]][_DIRECTION] = n.to(self._stored_dtype(params[i]))
@@ -377,19 +439,27 @@ class DEO(Optimizer):
         return self.direction_dtype or rotation_step.working_dtype(p)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self.param_groups is not self.base.param_groups:
-            # Inside Optimizer.__init__ (whose list is still its own): the group already lives
-            # in the base, so only register it here.
-            super().add_param_group(param_group)
+        if not self.__dict__.get("_constructed"):
+            # Inside Optimizer.__init__, which registers the groups one by one: they already
+            # live in the base.
             return
         self.base.add_param_group(param_group)
         new = list(self.base.param_groups[-1]["params"])
+        try:
+            check_params(self.base)
+        except (ValueError, TypeError):
+            self.base.param_groups.pop()
+            raise
         if self.scope == "tensor":
-            generator = torch.Generator().manual_seed(self.seed + len(self._params()))
+            generator = torch.Generator().manual_seed(
+                (self.seed + len(self._params())) % 2**63)
             self._init_direction(new, generator)
         else:  # zero components keep the global N a unit vector; rotation fills them in
             for p in new:
                 self.state[p][_DIRECTION] = torch.zeros_like(p, dtype=self._stored_dtype(p))
+        # The rule's carried vectors (the Ritz rule's Hessian products) cover the old
+        # parameters only: the next probe starts the rule afresh from N.
+        rotation_step.reset_rule_state(self)
 
     # -- checkpoints (checkpoint.py) ---------------------------------------------------------
 
@@ -400,10 +470,31 @@ class DEO(Optimizer):
         per-parameter state of the rotation rule); ``"deo"`` holds the step counter, the probe
         counters, the rule's and the policies' state, the last statistics and the settings.
         """
-        return checkpoint.deo_state_dict(self)
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = checkpoint.deo_state_dict(self)
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a DEO state dict, all of it or nothing (checkpoint.py).
+
+        Raises ``ValueError`` before changing anything if the state dict is not DEO's, lacks
+        an entry, holds an N shaped unlike a parameter, or was saved with other settings
+        (``alpha``, ``interval``, ``rotation``, ...; the seed is taken from the checkpoint,
+        ``compile_step`` stays as constructed). A plain optimizer's state loads into
+        ``opt.base.load_state_dict(...)``; ``deo.base_state_dict(sd)`` turns a DEO state dict
+        into the base optimizer's.
+        """
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
         checkpoint.load_deo_state_dict(self, state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def settings(self) -> dict[str, Any]:
         """DEO's own settings (the base optimizer's are in ``param_groups``)."""

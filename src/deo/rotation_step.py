@@ -20,15 +20,16 @@ from . import dimer
 from .amp import record_overflow
 from .checkpoint import DIRECTION
 from .distributed import copy_, dot
-from .probe_context import DisplacedGradients, NonFiniteProbe
+from .probe_context import DisplacedGradients, InconsistentProbe, NonFiniteProbe
 
 if TYPE_CHECKING:
     from .optimizer import DEO
 
 
-def rotate(opt: DEO, closure: Callable[[], Tensor], rng_before: dict,
+def rotate(opt: DEO, closure: Callable[[], Tensor], rng_before: dict, loss: Tensor | None,
            scaler: torch.amp.GradScaler | None = None) -> bool:
-    """Rotate ``opt``'s N; False if a displaced loss or gradient was not finite."""
+    """Rotate ``opt``'s N; False if a displaced loss or gradient was not finite, or if a
+    displaced loss disagreed with the gradients (``loss``: the main pass's, for that check)."""
     rule = dimer.ROTATION_RULES[opt.rotation]
     # Rotations are computed in the gradient's precision (at least float32). Oja's rule
     # reads a narrower N as it is; the Ritz rule combines many vectors, so a bf16 N is
@@ -36,10 +37,15 @@ def rotate(opt: DEO, closure: Callable[[], Tensor], rng_before: dict,
     params = opt._params()
     precise = [working_dtype(p) for p in params]
     working = opt.direction if opt.rotation == "oja" else as_dtypes(opt.direction, precise)
-    with DisplacedGradients(params, closure, rng_before, opt.displacement) as probe:
+    scale = None if scaler is None else float(scaler.get_scale())
+    with DisplacedGradients(params, closure, rng_before, opt.displacement,
+                            loss=loss, loss_scale=scale) as probe:
         try:
             result = rule(working, lambda v: as_dtypes(probe.hvp(v), precise),
-                          rule_state(opt), rotation_settings(opt, len(working)))
+                          rule_state(opt), rotation_settings(opt, working))
+        except InconsistentProbe as mismatch:
+            skip_inconsistent_probe(opt, mismatch)
+            return True  # the step goes on; only the rotation is skipped
         except NonFiniteProbe:
             result = None
         finally:
@@ -55,7 +61,7 @@ def rotate(opt: DEO, closure: Callable[[], Tensor], rng_before: dict,
     # blocks over sqrt(k) is a unit vector whose cosine is the mean of the blocks'.
     old = opt.direction  # measured before N is overwritten: no copy of the old N
     cosines = [dot([old[i] for i in b], [result.direction[i] for i in b]).abs()
-               for b in opt._blocks(len(old))]
+               for b in opt._blocks(old)]
     opt._stats["angle"] = torch.arccos(torch.stack(cosines).mean().clamp(max=1.0))
     copy_(old, result.direction)
     store_rule_state(opt, result.state)
@@ -63,10 +69,10 @@ def rotate(opt: DEO, closure: Callable[[], Tensor], rng_before: dict,
     return True
 
 
-def rotation_settings(opt: DEO, count: int) -> dimer.RotationSettings:
+def rotation_settings(opt: DEO, tensors: list[Tensor]) -> dimer.RotationSettings:
     return dimer.RotationSettings(budget=opt.probes_per_update, lr=opt.rotation_lr,
                                   memory=opt.hessian_memory, window=opt.ritz_window,
-                                  blocks=opt._blocks(count))
+                                  blocks=opt._blocks(tensors))
 
 
 def rule_state(opt: DEO) -> dict[str, Any]:
@@ -89,6 +95,29 @@ def store_rule_state(opt: DEO, state: dict[str, Any]) -> None:
                 opt.state[p].pop(key, None)
         else:
             opt._rule_scalars[key] = value
+
+
+def reset_rule_state(opt: DEO) -> None:
+    """Forget the rule's carried state (not N): its next probe starts from N alone."""
+    for p in opt._params():
+        for key in [k for k in opt.state[p] if k != DIRECTION]:
+            del opt.state[p][key]
+    opt._rule_scalars = {}
+
+
+def skip_inconsistent_probe(opt: DEO, mismatch: InconsistentProbe) -> None:
+    opt._inconsistent_probes += 1
+    if not opt._warned_inconsistent:
+        opt._warned_inconsistent = True
+        warnings.warn(
+            f"DEO: the displaced loss disagrees with its first-order prediction from the "
+            f"gradients ({mismatch}); the closure most likely evaluated another batch on its "
+            f"second call (a data loader or get_batch() inside the closure), or the "
+            f"displacement {opt.displacement:.3g} is too long for the loss to be near "
+            f"quadratic over it. The rotation was "
+            f"skipped (counted in stats['inconsistent_probes']; warned once). Draw the batch, "
+            f"and every micro-batch, before defining the closure.",
+            RuntimeWarning, stacklevel=4)
 
 
 def skip_probe(opt: DEO) -> None:

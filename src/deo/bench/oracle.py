@@ -84,7 +84,7 @@ class OracleDEO(DEO):
     def step(self, closure: Callable[[], Tensor] | None = None, *, loss_fn: LossFn | None = None,
              grad_scaler: torch.amp.GradScaler | None = None) -> Tensor | None:
         """DEO's step; ``loss_fn`` (required on probe steps) returns this batch's loss."""
-        if self.steps % self.interval == 0 and loss_fn is None:
+        if self.probe_due() and loss_fn is None:
             raise ValueError(_MISSING_LOSS_FN.format(step=self.steps, interval=self.interval))
         self._loss_fn = loss_fn
         try:
@@ -92,7 +92,7 @@ class OracleDEO(DEO):
         finally:
             self._loss_fn = None  # never reuse another step's batch
 
-    def _probe(self, closure, rng_before: dict, scaler=None) -> bool:
+    def _probe(self, closure, rng_before: dict, loss=None, scaler=None) -> bool:
         """N := +-v_min of the exact Hessian of this step's batch loss (closure unused)."""
         if self._loss_fn is None:
             raise ValueError(_MISSING_LOSS_FN.format(step=self.steps, interval=self.interval))

@@ -4,9 +4,11 @@ The Trainer runs forward and backward for every micro-batch of an optimizer step
 (``training_step``), clips, then calls ``optimizer.step()`` with no closure, which DEO needs
 on probe steps. ``DEOTrainer`` supplies it:
 
-- on a probe step, ``training_step`` records each micro-batch and, before the first, the RNG
-  state; the Trainer's own passes are the probe's main pass, so DEO costs the paper's one extra
-  forward and backward per probe step;
+- on a step where ``DEO.probe_due()`` (a scheduled probe, or every step with
+  ``trigger="spike"``), ``training_step`` records each micro-batch, its loss and, before the
+  first, the RNG state; the Trainer's own passes are the probe's main pass (the closure's
+  first call returns their summed loss), so DEO costs the paper's one extra forward and
+  backward per probe;
 - ``create_optimizer`` wraps the optimizer the Trainer builds (``args.optim``, its weight
   decay groups, or the one passed as ``optimizers=``) in DEO, whose ``step()`` without a
   closure asks the trainer for one: it replays the recorded micro-batches through
@@ -84,6 +86,7 @@ class DEOTrainer(Trainer):
             object.__setattr__(self.args, "max_grad_norm", 0.0)
         self.deo: DEO | None = None
         self._deo_batches: list[tuple] = []
+        self._deo_losses: list[torch.Tensor] = []
         self._deo_rng: dict | None = None
         self._deo_replaying = False
 
@@ -102,16 +105,20 @@ class DEOTrainer(Trainer):
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any,
                       **kwargs: Any) -> torch.Tensor:
         deo = self.deo
-        if not self._deo_replaying and deo is not None and deo.steps % deo.interval == 0:
+        recording = not self._deo_replaying and deo is not None and deo.probe_due()
+        if recording:
             if not self._deo_batches:
                 self._deo_rng = capture_rng_state()
             self._deo_batches.append((model, inputs, args, kwargs))
-        return super().training_step(model, inputs, *args, **kwargs)
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if recording:
+            self._deo_losses.append(loss.detach())
+        return loss
 
     def _probe_closure(self) -> Callable[[], Any] | None:
         """The closure for this step's DEO.step(): None on cheap steps."""
-        batches, rng = self._deo_batches, self._deo_rng
-        self._deo_batches, self._deo_rng = [], None
+        batches, rng, main_losses = self._deo_batches, self._deo_rng, self._deo_losses
+        self._deo_batches, self._deo_rng, self._deo_losses = [], None, []
         if not batches:
             return None
         calls = []
@@ -119,7 +126,7 @@ class DEOTrainer(Trainer):
         def closure() -> torch.Tensor | None:
             calls.append(None)
             if len(calls) == 1:  # DEO's main pass: the Trainer's passes left it in .grad
-                return None
+                return torch.stack([loss.float() for loss in main_losses]).sum()
             restore_rng_state(rng)  # the masks of the Trainer's pass over these batches
             self.deo.zero_grad(set_to_none=True)
             self._deo_replaying = True
