@@ -113,3 +113,23 @@ def test_clipping_moves_into_deo_and_a_ready_deo_is_refused(tmp_path):
     trainer = DEOTrainer(model=model, args=args, train_dataset=Tokens(), optimizers=(opt, None))
     with pytest.raises(TypeError, match="deo_kwargs"):
         trainer.create_optimizer()
+
+
+POLICIES = [{"alpha_rule": "curvature"}, {"interval_rule": "angle"}, {"trigger": "spike"},
+            {"escape_step": 0.1}, {"escape_step": 0.1, "escape_rule": "checked"}]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: ",".join(f"{k}={v}"
+                                                                    for k, v in p.items()))
+def test_every_policy_trains_through_deo_trainer(tmp_path, policy):
+    # interval_rule="angle" and trigger="spike" crashed at step 1: the trainer recorded the
+    # batches on its own copy of the fixed schedule, not on DEO.probe_due()
+    trainer, _, result = train(tmp_path, 6, accumulation=2,
+                               deo={"interval": 2, "rotation": "ritz", **policy})
+    deo = trainer.deo
+    assert deo.steps == 6 and math.isfinite(result.training_loss)
+    assert int(deo.stats["skipped_probes"]) == int(deo.stats["inconsistent_probes"]) == 0
+    if policy.get("trigger") == "spike":  # it saw the loss of every step, from the Trainer
+        assert deo._spikes.seen == 6
+    else:
+        assert int(deo.stats["probe_count"]) >= 2 and torch.isfinite(deo.curvature)
