@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from deo.bench import plots, report  # noqa: E402
+from deo.bench import plots, report, runner  # noqa: E402
 from deo.bench.task import count_spikes  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -236,11 +236,21 @@ def test_a_torn_line_that_a_resumed_bench_wrote_past_is_skipped(tmp_path):
     assert loaded.skipped_lines == [2]
 
 
-def test_json_that_is_not_a_run_record_raises(tmp_path):
+@pytest.mark.parametrize("foreign", [42, [1, 2], {"step": 3}, "text"])
+def test_json_that_is_not_a_run_record_is_skipped_with_a_warning(tmp_path, foreign):
+    # 42 passed --resume and then crashed the report
+    first = two_task_records()[0]
     path = tmp_path / report.RESULTS_FILE
-    path.write_text(json.dumps(two_task_records()[0]) + "\n" + json.dumps({"step": 3}) + "\n")
-    with pytest.raises(ValueError, match=":2: not a run record"):
-        report.load_records(path)
+    path.write_text(json.dumps(first) + "\n" + json.dumps(foreign) + "\n")
+    with pytest.warns(RuntimeWarning, match=":2: not a run record"):
+        loaded = report.load_records(path)
+    assert [r["key"] for r in loaded] == [first["key"]] and loaded.foreign_lines == [2]
+    with pytest.warns(RuntimeWarning, match=":2: not a run record"):
+        markdown = report.write_report(tmp_path).read_text(encoding="utf-8")
+    assert "Skipped 1 line(s) of results.jsonl that are JSON but no run record (line 2)" \
+        in markdown
+    with pytest.warns(RuntimeWarning, match=":2: not a run record"):
+        assert runner.finished_keys(path) == {first["key"]}
 
 
 def test_missing_results_raise_file_not_found(tmp_path):

@@ -106,7 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         run_bench(preset.runs(args.seeds), args.out, preset=preset.name, device=args.device,
                   resume=args.resume, progress=not args.no_progress, workers=args.workers)
-    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
+    except (*_USER_ERRORS, FileExistsError) as err:
         print(f"deo bench: error: {err}", file=sys.stderr)
         return 2
     report = write_report(args.out, title=f"deo bench --preset {preset.name}")
@@ -122,21 +122,34 @@ def _preset(text: str) -> str:
     return text
 
 
+# What a user's input can make the commands raise: printed as one line, exit status 2.
+_USER_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, ValueError, ImportError)
+
+
 def _probe(args: argparse.Namespace) -> int:
+    from .bench.files import ensure_writable_file
     from .bench.probe import ProbeConfig, run_probe  # heavy imports only when needed
 
     config = ProbeConfig(data=args.data, model=args.model, train_steps=args.train_steps,
                          rules=args.rules, evaluations=args.evaluations, seed=args.seed)
     try:
+        if args.out is not None:  # minutes of work must not end in an unwritable file
+            ensure_writable_file(args.out, "--out")
         run_probe(config, out=args.out)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+    except _USER_ERRORS as err:
         print(f"deo probe: error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
 def _track(args: argparse.Namespace) -> int:
+    from .bench.files import ensure_writable_file
     from .bench.tracking import TrackConfig, median_ratio, track_training
+
+    if args.every > args.steps:
+        print(f"deo track: error: --every {args.every} is larger than --steps {args.steps}, so "
+              f"no checkpoint would be recorded; pass --every <= --steps", file=sys.stderr)
+        return 2
 
     config = TrackConfig(data=args.data, model=args.model, steps=args.steps, every=args.every,
                          rotation=args.rotation, probes_per_update=args.probes_per_update,
@@ -144,8 +157,9 @@ def _track(args: argparse.Namespace) -> int:
                          interval=args.interval,
                          alpha=args.alpha, seed=args.seed)
     try:
+        ensure_writable_file(args.out, "--out")
         records = track_training(config, args.out)
-    except (FileNotFoundError, ValueError, ImportError) as err:
+    except _USER_ERRORS as err:
         print(f"deo track: error: {err}", file=sys.stderr)
         return 2
     if records:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .data import CharCorpus, load_corpus
+from .files import describe_file
 from .models import GPT, CharLSTM, LSTMConfig, gpt_config, set_attention
 from .task import Task
 
@@ -50,6 +51,20 @@ class CharLM(Task):
         # adam/adamw betas for this task (the spike setting uses beta2 = 0.999)
         self.base_overrides = {"betas": list(betas)} if betas is not None else {}
         self.deo_displacement = None
+
+    def check(self) -> None:
+        corpus = load_corpus(self.data)
+        for split in ("train", "val"):
+            tokens = len(corpus.split(split))
+            if tokens <= self.block_size:
+                raise ValueError(
+                    f"--data: the {split} split of corpus {corpus.name!r} has {tokens} "
+                    f"characters, task {self.name!r} needs more than block_size="
+                    f"{self.block_size}; pass a longer text")
+
+    def config(self) -> dict[str, Any]:
+        # the data file by name and content hash: a path names a folder of one machine only
+        return {**super().config(), **describe_file(self.data)}
 
     def setup(self, seed: int, device: torch.device) -> None:
         self._corpus: CharCorpus = load_corpus(self.data)

@@ -21,8 +21,8 @@ import torch
 from .. import hessian
 from ..optimizer import DEO
 from .data import CharCorpus, load_corpus
+from .files import describe_file, write_atomically
 from .models import GPT, gpt_config, math_attention
-from .report import write_atomically
 
 
 @dataclass
@@ -135,7 +135,7 @@ def run_probe(config: ProbeConfig, out: str | Path | None = None, log=print) -> 
             result = probe_rule(model, batch, rule, config, operator, truth)
             rules.append(result)
             log(format_rule(result, truth.lambda_min))
-    report = {"config": asdict(config), "corpus": corpus.name,
+    report = {"config": {**asdict(config), **describe_file(config.data)}, "corpus": corpus.name,
               "parameters": sum(p.numel() for p in params),
               "lambda_min": truth.lambda_min, "lambda_max": truth.lambda_max,
               "lanczos_matvecs": truth.matvecs, "rules": rules}

@@ -21,9 +21,7 @@ metric: it finished (status "ok") with a finite loss, or, on a saddle task, it e
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
-from .task import RESULTS_FILE
+from .files import write_atomically
+from .task import RESULTS_FILE, read_results
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -49,9 +48,11 @@ RunsByOptimizer = dict[str, list[Run]]
 class Records(list):
     """Run records as loaded, plus the numbers of the torn lines the loader skipped."""
 
-    def __init__(self, records: Iterable[Run] = (), skipped_lines: Sequence[int] = ()):
+    def __init__(self, records: Iterable[Run] = (), skipped_lines: Sequence[int] = (),
+                 foreign_lines: Sequence[int] = ()):
         super().__init__(records)
         self.skipped_lines = list(skipped_lines)
+        self.foreign_lines = list(foreign_lines)  # valid JSON, but no run record
 
 
 @dataclass(frozen=True)
@@ -101,27 +102,19 @@ def load_records(path: str | Path) -> Records:
     A line that is not valid JSON is a record torn by a bench killed mid-write: it is skipped
     and its line number kept in ``skipped_lines``. Usually it is the last line, but after
     ``deo bench --resume`` the runner appends below it, as its own ``finished_keys`` expects.
-    Valid JSON that is not a run record raises ValueError. A key that appears twice keeps its
-    later record, at the position of its first appearance.
+    Valid JSON that is not a run record is skipped the same way, with a warning
+    (``task.read_results``). A key that appears twice keeps its later record, at the position
+    of its first appearance.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no benchmark results at {path}: run `deo bench` first "
                                 f"(it appends one line per finished run to {RESULTS_FILE})")
-    lines = [(number, line) for number, line in
-             enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
-    by_key, skipped = {}, []
-    for number, line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            skipped.append(number)
-            continue
-        if not isinstance(record, dict) or not {"task", "optimizer", "seed"} <= record.keys():
-            raise ValueError(f"{path}:{number}: not a run record (needs task, optimizer, seed)")
-        by_key[record.get("key") or f"{record['task']}|{record['optimizer']}|{record['seed']}"] \
-            = record
-    return Records(by_key.values(), skipped)
+    records, skipped, foreign = read_results(path)
+    by_key = {}
+    for record in records:
+        by_key[record["key"]] = record
+    return Records(by_key.values(), skipped, foreign)
 
 
 def write_report(out_dir: str | Path, records: Iterable[Run] | None = None,
@@ -146,7 +139,8 @@ def write_report(out_dir: str | Path, records: Iterable[Run] | None = None,
         verdicts += task_verdicts
         failures += [f"- {task}: {line[2:]}" for line in failed_runs(runs)]
     skipped = getattr(records, "skipped_lines", [])
-    text = "\n".join([*header(title, records, skipped), *summary(verdicts, failures),
+    foreign = getattr(records, "foreign_lines", [])
+    text = "\n".join([*header(title, records, skipped, foreign), *summary(verdicts, failures),
                       *sections])
     report_path = out_dir / REPORT_FILE
     write_atomically(report_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
@@ -300,7 +294,8 @@ def task_section(task: str, runs: RunsByOptimizer, saddle: bool, verdicts: Seque
     return lines
 
 
-def header(title: str, records: Sequence[Run], skipped_lines: Sequence[int]) -> list[str]:
+def header(title: str, records: Sequence[Run], skipped_lines: Sequence[int],
+           foreign_lines: Sequence[int] = ()) -> list[str]:
     """Title and one paragraph on what the numbers are."""
     tasks = len({record["task"] for record in records})
     lines = [f"# {title}", "",
@@ -310,6 +305,10 @@ def header(title: str, records: Sequence[Run], skipped_lines: Sequence[int]) -> 
         numbers = ", ".join(map(str, skipped_lines))
         lines += [f"Skipped {len(skipped_lines)} torn line(s) of {RESULTS_FILE} (line {numbers}), "
                   "left by an interrupted bench.", ""]
+    if foreign_lines:
+        numbers = ", ".join(map(str, foreign_lines))
+        lines += [f"Skipped {len(foreign_lines)} line(s) of {RESULTS_FILE} that are JSON but no "
+                  f"run record (line {numbers}).", ""]
     return lines
 
 
@@ -323,16 +322,6 @@ def summary(verdicts: Sequence[Verdict], failures: Sequence[str]) -> list[str]:
     return ["## Summary", "", rule, "", f"Verdicts: {counts}.", "",
             *([v.line for v in verdicts] or ["- no DEO variant was run"]), "",
             f"Failed runs: {len(failures)}.", "", *failures, *([""] if failures else [])]
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Let ``write`` fill a temporary file beside ``path``, then rename it onto ``path``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _cell(value: Spread | None) -> str:

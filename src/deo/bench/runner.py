@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from ..optimizer import DEO
+from .files import ensure_writable_folder, folder_lock
 from .optimizers import build_optimizer
 from .oracle import OracleDEO
-from .task import RESULTS_FILE, RunRecord, Task, count_spikes, run_key
+from .task import RESULTS_FILE, RunRecord, Task, count_spikes, read_results, run_key
 
 
 def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: str = "cpu",
@@ -120,15 +121,27 @@ def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str 
     the CPU threads; on one GPU they share it). This process alone writes results.jsonl, one
     record as each run finishes, so an interruption keeps every finished run either way.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_writable_folder(out_dir, "--out")
+    with folder_lock(out_dir):  # a second bench on the same folder stops here
+        return _run_locked(list(runs), out_dir, preset, device, resume, progress, workers)
+
+
+def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, progress: bool,
+                workers: int) -> list[dict]:
     path = out_dir / RESULTS_FILE
     done = finished_keys(path)
     if done and not resume:
         raise FileExistsError(f"{path} already holds {len(done)} finished runs; pass --resume "
                               f"to skip them and run the rest, or choose another --out")
-    todo = [(make_task, optimizer, seed) for make_task, optimizer, seed in runs
-            if run_key(make_task().name, optimizer, seed) not in done]
+    todo, checked = [], set()
+    for make_task, optimizer, seed in runs:
+        task = make_task()
+        if run_key(task.name, optimizer, seed) in done:
+            continue
+        if task.name not in checked:  # bad data fails here, not in every run
+            task.check()
+            checked.add(task.name)
+        todo.append((make_task, optimizer, seed))
     records = []
     if workers <= 1:
         for make_task, optimizer, seed in todo:
@@ -169,18 +182,12 @@ def _run_and_record(make_task, optimizer: str, seed: int, preset: str, device: s
 
 
 def finished_keys(path: Path) -> set[str]:
-    """Keys of the finished runs in ``path``: torn lines and runs that raised are not."""
+    """Keys of the finished runs in ``path``: torn lines, lines that are no run record and
+    runs that raised are not."""
     if not path.exists():
         return set()
-    keys = set()
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            if not record.get("status", "ok").startswith("error"):
-                keys.add(record["key"])
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            continue
-    return keys
+    records, _, _ = read_results(path)
+    return {r["key"] for r in records if not str(r.get("status", "ok")).startswith("error")}
 
 
 def append_record(path: Path, record: dict) -> None:

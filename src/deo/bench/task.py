@@ -34,8 +34,11 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,6 +77,10 @@ class Task:
     def enable_double_backward(self) -> None:
         """Make the model twice differentiable (Sophia's Hessian estimate needs it)."""
 
+    def check(self) -> None:
+        """Raise ValueError (or FileNotFoundError) if the task cannot run at all, before any
+        run of it starts: bad data, for instance."""
+
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if _is_plain(v)}
 
@@ -107,6 +114,38 @@ class RunRecord:
 
 def run_key(task: str, optimizer: str, seed: int) -> str:
     return f"{task}|{optimizer}|{seed}"
+
+
+RECORD_FIELDS = ("task", "optimizer", "seed")
+
+
+def read_results(path: Path) -> tuple[list[dict[str, Any]], list[int], list[int]]:
+    """The run records of a results.jsonl, and the numbers of its torn lines and of its lines
+    of other JSON.
+
+    A line that is not valid JSON is a record torn by a bench killed mid-write; valid JSON that
+    is not a run record (a number, a list, a dict without task, optimizer and seed) was written
+    by something else. Both are skipped, the second kind with a warning; the bench and the
+    report read the file through this one function, so they agree on what it holds.
+    """
+    records, torn, foreign = [], [], []
+    text = path.read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            torn.append(number)
+            continue
+        if not (isinstance(record, dict) and all(k in record for k in RECORD_FIELDS)):
+            warnings.warn(f"{path}:{number}: not a run record (a JSON object with "
+                          f"{', '.join(RECORD_FIELDS)}), skipped", RuntimeWarning, stacklevel=2)
+            foreign.append(number)
+            continue
+        record.setdefault("key", run_key(record["task"], record["optimizer"], record["seed"]))
+        records.append(record)
+    return records, torn, foreign
 
 
 def spike_indices(losses: list[float], factor: float = SPIKE_FACTOR,

@@ -20,6 +20,7 @@ import torch
 from .. import hessian
 from ..optimizer import DEO
 from .data import load_corpus
+from .files import describe_file
 from .models import GPT, gpt_config, math_attention
 from .probe import paper_lr
 
@@ -94,7 +95,8 @@ def track_training(config: TrackConfig, out: str | Path, log=print) -> list[dict
                                   torch.Generator().manual_seed(config.seed + 10_000))
     records, start, began = [], None, time.perf_counter()
     with out.open("a") as sink:
-        sink.write(json.dumps({"config": asdict(config)}) + "\n")
+        sink.write(json.dumps({"config": {**asdict(config), **describe_file(config.data)}})
+                   + "\n")
         for step in range(1, config.steps + 1):
             for group in opt.param_groups:
                 group["lr"] = paper_lr(step - 1, config.lr, config.warmup)
