@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,12 +32,32 @@ needs_fsdp2 = pytest.mark.skipif(not worker.fsdp2_available(),
 CLOSE = {"rtol": 1e-9, "atol": 1e-11}  # float64; DDP/FSDP2 only reorder the sums
 
 
+RANKS = 2
+# torch 2.14's gloo/FSDP2 teardown: a process that used fully_shard on gloo sometimes aborts at
+# interpreter exit with this message (std::terminate), after all its work, DEO or not (a plain
+# fully_shard + AdamW script with barrier and destroy_process_group does it 1-2 times in 5).
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def teardown_abort_only(returncode: int, output: str, out: Path) -> bool:
+    """Whether a failed launch is only the known upstream abort at exit: every rank reported
+    completion (its marker is written after its last result and after
+    destroy_process_group), and the output names the abort. Anything else is a failure."""
+    finished = all((out / worker.done_marker(r)).is_file() for r in range(RANKS))
+    return returncode != 0 and finished and TEARDOWN_ABORT in output
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
-    """Launch the worker on 2 ranks once; returns the folder of its result files."""
+    """Launch the worker on 2 ranks once; returns the folder of its result files.
+
+    A rank that aborts AFTER it has reported completion is accepted only as the known upstream
+    teardown abort (``teardown_abort_only``), with a warning; the results it wrote before are
+    compared exactly as always. Any other failure fails the tests.
+    """
     out = tmp_path_factory.mktemp("distributed")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(WORKER), str(out)]
+               f"--nproc_per_node={RANKS}", str(WORKER), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -46,8 +67,25 @@ def results(tmp_path_factory) -> Path:
         os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks
         output, _ = process.communicate()
         pytest.fail(f"torchrun did not finish in 240 s:\n{output[-4000:]}")
+    if teardown_abort_only(process.returncode, output, out):
+        warnings.warn(f"torchrun exited {process.returncode}: a rank aborted at exit after "
+                      f"reporting completion ('{TEARDOWN_ABORT}', the known gloo/FSDP2 "
+                      f"teardown abort of torch {torch.__version__}); its results are checked "
+                      f"as usual", RuntimeWarning, stacklevel=2)
+        return out
     assert process.returncode == 0, f"torchrun failed:\n{output[-6000:]}"
     return out
+
+
+def test_only_the_known_abort_after_completion_is_forgiven(tmp_path):
+    abort = f"[rank1]: ... {TEARDOWN_ABORT}\nexitcode  : -6 (SIGABRT)"
+    assert not teardown_abort_only(0, "", tmp_path)  # nothing failed: nothing to forgive
+    assert not teardown_abort_only(1, abort, tmp_path)  # no rank reported completion
+    (tmp_path / worker.done_marker(0)).write_text("done")
+    assert not teardown_abort_only(1, abort, tmp_path)  # rank 1 died before it finished
+    (tmp_path / worker.done_marker(1)).write_text("done")
+    assert not teardown_abort_only(1, "RuntimeError: gloo timed out", tmp_path)  # a real error
+    assert teardown_abort_only(-6, abort, tmp_path)
 
 
 @pytest.fixture(scope="module")
