@@ -73,7 +73,13 @@ class DEO(Optimizer):
     call (same dropout masks) and with every module buffer (BatchNorm statistics) restored
     afterwards. Parameters are restored from a saved copy, so ``alpha=0`` is bit-identical to
     the base optimizer. ``step()`` without a closure uses the gradients in ``.grad``; on a
-    probe step it raises ``RuntimeError``.
+    probe step (``probe_due()``) it raises ``RuntimeError``.
+
+    The closure must evaluate the same batch on every call: draw the batch (and every
+    micro-batch) before defining it. A displaced loss that disagrees with the trapezoid rule
+    L + dR (g + g').N / 2 (another batch) is warned of once, counted in
+    ``stats["inconsistent_probes"]``, and that rotation is skipped; a second call that leaves
+    no gradient raises ``RuntimeError``.
 
     Gradient clipping: clip with ``max_grad_norm=``, not with ``clip_grad_norm_`` before
     ``step()``. DEO computes the finite difference (g' - g) / dR from raw gradients it
@@ -139,8 +145,9 @@ class DEO(Optimizer):
             probe; ``grad_share``, |g.N| / |g| at the last probe step (after the rotation);
             ``probe_count``, displaced-gradient evaluations so far (the checked escape's trials
             included); ``skipped_probes``, probes whose loss or gradients were not finite (N
-            kept as it was); ``escapes`` and ``escape_trials``, checked escape steps kept and
-            tried.
+            kept as it was); ``inconsistent_probes``, rotations skipped because the displaced
+            loss disagreed with the gradients; ``escapes`` and ``escape_trials``, checked
+            escape steps kept and tried.
     """
 
     def __init__(
