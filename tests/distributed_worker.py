@@ -133,6 +133,7 @@ def run_config(name: str, distributed: bool = False) -> dict:
     result["curvature"] = opt.curvature.clone()
     result["probe_count"] = int(opt.stats["probe_count"])
     result["skipped_probes"] = int(opt.stats["skipped_probes"])
+    result["inconsistent_probes"] = int(opt.stats["inconsistent_probes"])
     result["escapes"] = (int(opt.stats["escapes"]), int(opt.stats["escape_trials"]))
     if distributed:
         result["cheap_step_host_reads"] = cheap_step_host_reads(model, opt, rank, share)

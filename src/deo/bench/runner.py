@@ -109,7 +109,8 @@ def _evaluate(task: Task, opt, step: int, record: RunRecord) -> None:
         stats = opt.stats
         record.deo.append({"step": step, **{k: float(stats[k]) for k in
                                             ("curvature", "angle", "grad_share",
-                                             "probe_count", "escapes", "escape_trials")}})
+                                             "probe_count", "inconsistent_probes", "escapes",
+                                             "escape_trials")}})
 
 
 def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str | Path, *,

@@ -21,7 +21,7 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
     evals        [{"step": s, **metrics}, ...]; metrics include "loss" (the task's main
                  loss on held-out data, or the objective for saddle problems)
     deo          [{"step": s, "curvature", "angle", "grad_share", "probe_count",
-                  "escapes", "escape_trials"}, ...] or []
+                  "inconsistent_probes", "escapes", "escape_trials"}, ...] or []
     final        {**last evaluation's metrics, "train_loss": mean of the last 10% of steps}
     escape_step  first step whose loss fell below task.escape_threshold, or None
     spikes       count of steps with loss >= 2x the (positive) mean of the previous 100 steps
