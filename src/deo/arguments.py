@@ -27,22 +27,21 @@ ESCAPE_LIMIT = 1e6  # escape_step and escape_trust
 SEED_LIMIT = 2**63  # seeds are in [0, 2^63): torch.Generator's signed range
 # Bases whose step() needs a closure of its own or gradients DEO cannot project.
 REFUSED_BASES = {
-    "LBFGS": "it needs a closure in its own step() (its line search re-evaluates the loss), "
-             "and DEO calls base.step() without one",
-    "SparseAdam": "it takes sparse gradients only, and DEO's dot products and corrections "
-                  "need dense ones",
+    torch.optim.LBFGS: "it needs a closure in its own step() (its line search re-evaluates "
+                       "the loss), and DEO calls base.step() without one",
+    torch.optim.SparseAdam: "it takes sparse gradients only, and DEO's dot products and "
+                            "corrections need dense ones",
 }
 
 
 def check_base(base: Any) -> None:
-    """Refuse the torch optimizers that cannot be DEO's base, by class or instance."""
+    """Refuse the torch optimizers (and their subclasses) that cannot be DEO's base, given as
+    a class or as an instance."""
     cls = base if isinstance(base, type) else type(base)
-    name = cls.__name__ if isinstance(cls, type) else ""
-    if isinstance(cls, type) and issubclass(cls, Optimizer) and name in REFUSED_BASES \
-            and cls.__module__.startswith("torch.optim"):
-        raise TypeError(f"base: torch.optim.{name} cannot be DEO's base: "
-                        f"{REFUSED_BASES[name]}; use a first-order optimizer such as "
-                        f"torch.optim.AdamW, Adam or SGD")
+    for refused, why in REFUSED_BASES.items():
+        if issubclass(cls, refused):
+            raise TypeError(f"base: torch.optim.{refused.__name__} cannot be DEO's base: {why}; "
+                            f"use a first-order optimizer such as torch.optim.AdamW, Adam or SGD")
 
 
 def check_params(base: Optimizer) -> None:
