@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 
 from . import dimer, policies
 from .escape import ESCAPE_RULES
+from .probe_context import is_scalar_loss
 
 SCOPES = ("global", "tensor")
 # Finite values past these are typing errors, and they overflow float32 arithmetic in the
@@ -91,9 +92,7 @@ def check_gradients(params: list[Tensor]) -> None:
 
 def loss_value(loss: Any, needed_by: str) -> float:
     """The closure's loss as a float, for settings that read it on the host."""
-    if isinstance(loss, Tensor) and loss.numel() == 1:
-        return float(loss)
-    if _is_real(loss):
+    if is_scalar_loss(loss):
         return float(loss)
     got = type(loss).__name__ if not isinstance(loss, Tensor) else \
         f"a tensor of shape {tuple(loss.shape)}"

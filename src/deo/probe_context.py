@@ -13,6 +13,7 @@ difference that does not come from the displacement swamps the finite difference
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -170,7 +171,7 @@ class DisplacedGradients:
         # One host sync per evaluation (probe steps only): a non-finite HN must not reach N.
         if not (_is_finite(loss) and _is_finite(norm(hvp))):
             raise NonFiniteProbe("the displaced loss or gradient is not finite")
-        if _is_scalar(self.loss) and _is_scalar(loss):
+        if is_scalar_loss(self.loss) and is_scalar_loss(loss):
             self._check_consistent(loss, vector, hvp)
         return hvp
 
@@ -242,9 +243,11 @@ def _mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values / dist.get_world_size()
 
 
-def _is_scalar(value) -> bool:
+def is_scalar_loss(value) -> bool:
+    """Whether a closure's return value is a loss DEO can read: a number or a one-element
+    tensor."""
     return (isinstance(value, torch.Tensor) and value.numel() == 1) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool))
+        isinstance(value, numbers.Real) and not isinstance(value, bool))
 
 
 def _is_finite(value) -> bool:
