@@ -9,7 +9,6 @@ drawn from a fixed seed, so every optimizer is judged on the same text.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from .data import CharCorpus, load_corpus
 from .files import describe_file
 from .models import GPT, CharLSTM, LSTMConfig, gpt_config, set_attention
+from .recipe import cosine_lr, decay_groups
 from .task import Task
 
 MODELS = ("gpt", "lstm")
@@ -85,10 +85,7 @@ class CharLM(Task):
             set_attention(self._net, "math")
 
     def param_groups(self) -> list[dict[str, Any]]:
-        params = list(self._net.parameters())
-        return [{"params": [p for p in params if p.dim() >= 2],
-                 "weight_decay": self.weight_decay},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return decay_groups(self._net.parameters(), self.weight_decay)
 
     def loss_fn(self, step: int) -> Callable[[], torch.Tensor]:
         x, y = self._batch(step)
@@ -116,7 +113,4 @@ class CharLM(Task):
         return result
 
     def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
-        return self.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (self.lr - self.min_lr)
+        return cosine_lr(step, self.lr, self.min_lr, self.warmup, self.steps)

@@ -21,14 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_positive_ints
+
 ATTENTION_KINDS = ("sdpa", "math")
-
-
-def _check_positive_ints(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_dropout(dropout: float) -> None:
@@ -53,7 +48,7 @@ class GPTConfig:
     attention: str = "sdpa"
 
     def __post_init__(self):
-        _check_positive_ints(self, "block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+        check_positive_ints(self, "block_size", "vocab_size", "n_layer", "n_head", "n_embd")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd must be divisible by n_head, got n_embd={self.n_embd}, "
@@ -237,7 +232,7 @@ class LSTMConfig:
     dropout: float = 0.0  # between LSTM layers and before the head
 
     def __post_init__(self):
-        _check_positive_ints(self, "vocab_size", "n_embd", "n_hidden", "n_layers")
+        check_positive_ints(self, "vocab_size", "n_embd", "n_hidden", "n_layers")
         _check_dropout(self.dropout)
 
 

@@ -1,20 +1,8 @@
 """Named benchmark presets: which tasks, at which size, with which optimizers and seeds.
 
-    quick               every task at reduced size, every optimizer, 1 seed (~10 min, 2 CPUs)
-    paper-small         the paper's small GPT setting, 20000 iterations (GPU recommended)
-    paper-complex       the paper's complex GPT setting, 20000 iterations (GPU recommended)
-    ablation-f          DEO-AdamW with probe interval f in {5, 10, 20}
-    sweep-alpha         DEO-AdamW with alpha in {0, 1, 2, 5, 10}
-    sweep-displacement  DEO-AdamW with dR in {1e-3, 3e-3, 1e-2, 3e-2}
-    spikes              a spike-prone GPT (high lr, no warm-up, beta2 0.999), 3 seeds
-    policies-saddle     the saddle suite: every policy beyond the paper, the recommended
-                        configuration (and the two frozen before it), the oracle and PGD, on
-                        SGD and Adam, 3 seeds
-    policies-spikes     the spike-prone GPT: AdamW, the paper's DEO, the recommended DEO and
-                        the policies, 3 seeds
-    policies-small      the paper's small GPT for 2000 iterations, same optimizers, 3 seeds
-    policies-complex    the paper's complex GPT for 2000 iterations (GPU): AdamW, the
-                        recommended, the second and first frozen and the paper's DEO
+``REGISTRY`` (at the end) is the one list of presets: each name with what it runs, its seeds
+and its description. ``PRESETS`` (the names, in order, for ``deo bench --preset``) and
+``build_preset`` come from it.
 """
 
 from __future__ import annotations
@@ -70,10 +58,11 @@ def quick_tasks(data: str | None) -> list[Callable[[], Task]]:
 
 def policy_optimizers(base: str, *, oracle: bool = False,
                       every_policy: bool = True) -> tuple[str, ...]:
-    """Issue 7 on ``base``: the base, the recommended configuration (the third frozen) and the
-    two frozen before it, the paper's DEO, each policy alone (``every_policy=False``: the
-    curvature-gated alpha and the hybrid only, for the slow LM settings), and on small
-    problems the oracle with the recommended settings."""
+    """The optimizers that judge the policies beyond the paper on ``base``: the base, the
+    recommended configuration (the third frozen) and the two frozen before it, the paper's
+    DEO, each policy alone (``every_policy=False``: the curvature-gated alpha and the hybrid
+    only, for the slow LM settings), and on small problems the oracle with the recommended
+    settings."""
     ritz = f"deo-{base}-ritz"
     names = (base, recommended(base), recommended(base, SECOND_FROZEN),
              recommended(base, FIRST_FROZEN), f"deo-{base}",
@@ -90,47 +79,111 @@ def _spiky_lm(data: str | None, **kwargs) -> Callable[[], Task]:
                min_lr=1e-2, betas=(0.9, 0.999), **kwargs)
 
 
+# What a preset's builder returns for the language tasks' ``data`` (a text file, or None for
+# the default corpus): its task factories and its optimizer names.
+Runs = tuple[list[Callable[[], Task]], tuple[str, ...]]
+
+
+def _paper(size: str) -> Callable[[str | None], Runs]:
+    def build(data: str | None) -> Runs:
+        return [_lm(data, name=f"gpt-{size}", preset=size)], ALL_OPTIMIZERS
+    return build
+
+
+def _small_2k(data: str | None) -> Callable[[], Task]:
+    return _lm(data, name="gpt-small-2k", steps=2000)
+
+
+def _ablation_f(data: str | None) -> Runs:
+    return [_small_2k(data)], ("adamw", *(f"deo-adamw:interval={f}" for f in (5, 10, 20)),
+                               *(f"deo-adamw-ritz:interval={f}" for f in (5, 10, 20)))
+
+
+def _sweep_alpha(data: str | None) -> Runs:
+    return [_small_2k(data)], ("adamw", *(f"deo-adamw-ritz:alpha={a}" for a in (0, 1, 2, 5, 10)))
+
+
+def _sweep_displacement(data: str | None) -> Runs:
+    return [_small_2k(data)], ("adamw", *(f"deo-adamw-ritz:displacement={d}"
+                                          for d in (1e-3, 3e-3, 1e-2, 3e-2)))
+
+
+def _spikes(data: str | None) -> Runs:
+    return [_spiky_lm(data)], LM_OPTIMIZERS
+
+
+def _policies_saddle(data: str | None) -> Runs:
+    return ([QuadraticSaddle, MatrixSensing, MonkeySaddle, DeepLinear],
+            (*policy_optimizers("sgd", oracle=True), *policy_optimizers("adam", oracle=True),
+             "pgd"))
+
+
+def _policies_spikes(data: str | None) -> Runs:
+    return [_spiky_lm(data)], policy_optimizers("adamw", every_policy=False)
+
+
+def _policies_gpt(size: str) -> Callable[[str | None], Runs]:
+    def build(data: str | None) -> Runs:
+        optimizers = policy_optimizers("adamw", every_policy=False)
+        return ([_lm(data, name=f"gpt-{size}-2k", preset=size, steps=2000)],
+                optimizers if size == "small" else optimizers[:5])
+    return build
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """One entry of ``REGISTRY``: ``build(data)`` makes the runs (called by build_preset)."""
+
+    build: Callable[[str | None], Runs]
+    description: str
+    seeds: int = 1
+
+
+REGISTRY: dict[str, PresetSpec] = {
+    "quick": PresetSpec(
+        lambda data: (quick_tasks(data), ALL_OPTIMIZERS),
+        "every task at reduced size, every optimizer, 1 seed (~10 min, 2 CPUs)"),
+    "paper-small": PresetSpec(
+        _paper("small"), "the paper's small GPT setting (design.md, section 4), 20000 "
+                         "iterations, every optimizer (GPU recommended)"),
+    "paper-complex": PresetSpec(
+        _paper("complex"), "the paper's complex GPT setting (design.md, section 4), 20000 "
+                           "iterations, every optimizer (GPU recommended)"),
+    "ablation-f": PresetSpec(
+        _ablation_f, "DEO-AdamW (paper and Ritz rotation) with probe interval f in {5, 10, 20}"),
+    "sweep-alpha": PresetSpec(
+        _sweep_alpha, "DEO-AdamW (Ritz) with correction strength alpha in {0, 1, 2, 5, 10}"),
+    "sweep-displacement": PresetSpec(
+        _sweep_displacement,
+        "DEO-AdamW (Ritz) with finite-difference displacement dR in {1e-3, 3e-3, 1e-2, 3e-2}"),
+    "spikes": PresetSpec(
+        _spikes, "a spike-prone GPT (high lr, no warm-up, beta2 0.999), 3 seeds", seeds=3),
+    "policies-saddle": PresetSpec(
+        _policies_saddle,
+        "the saddle suite: every policy beyond the paper, the recommended configuration (and "
+        "the two frozen before it), the oracle and PGD, on SGD and Adam, 3 seeds", seeds=3),
+    "policies-spikes": PresetSpec(
+        _policies_spikes,
+        "the spike-prone GPT: AdamW, the recommended DEO (and the two frozen before it), the "
+        "paper's DEO, the curvature-gated alpha and the hybrid, 3 seeds", seeds=3),
+    "policies-small": PresetSpec(
+        _policies_gpt("small"),
+        "the paper's small GPT for 2000 iterations, the optimizers of policies-spikes, 3 seeds",
+        seeds=3),
+    "policies-complex": PresetSpec(
+        _policies_gpt("complex"),
+        "the paper's complex GPT for 2000 iterations (GPU): AdamW, the recommended DEO, the "
+        "second and first frozen and the paper's DEO, 3 seeds", seeds=3),
+}
+
+PRESETS = tuple(REGISTRY)  # the names, in the registry's order
+
+
 def build_preset(name: str, data: str | None = None) -> Preset:
-    if name == "quick":
-        return Preset(name, quick_tasks(data), ALL_OPTIMIZERS,
-                      description="every task at reduced size, all optimizers, 1 seed")
-    if name in ("paper-small", "paper-complex"):
-        size = name.split("-")[1]
-        return Preset(name, [_lm(data, name=f"gpt-{size}", preset=size)], ALL_OPTIMIZERS,
-                      description=f"the paper's {size} setting (design.md, section 4)")
-    small = _lm(data, name="gpt-small-2k", steps=2000)
-    if name == "ablation-f":
-        return Preset(name, [small], ("adamw", *(f"deo-adamw:interval={f}" for f in (5, 10, 20)),
-                                      *(f"deo-adamw-ritz:interval={f}" for f in (5, 10, 20))),
-                      description="probe interval f in {5, 10, 20}")
-    if name == "sweep-alpha":
-        return Preset(name, [small], ("adamw", *(f"deo-adamw-ritz:alpha={a}"
-                                                 for a in (0, 1, 2, 5, 10))),
-                      description="correction strength alpha")
-    if name == "sweep-displacement":
-        return Preset(name, [small], ("adamw", *(f"deo-adamw-ritz:displacement={d}"
-                                                 for d in (1e-3, 3e-3, 1e-2, 3e-2))),
-                      description="finite-difference displacement dR")
-    if name == "spikes":
-        return Preset(name, [_spiky_lm(data)], LM_OPTIMIZERS, seeds=3,
-                      description="high lr, no warm-up, beta2 = 0.999; 3 seeds")
-    if name == "policies-saddle":
-        return Preset(name, [QuadraticSaddle, MatrixSensing, MonkeySaddle, DeepLinear],
-                      (*policy_optimizers("sgd", oracle=True),
-                       *policy_optimizers("adam", oracle=True), "pgd"),
-                      seeds=3, description="issue 7 policies on the saddle suite; 3 seeds")
-    lm_policies = policy_optimizers("adamw", every_policy=False)
-    if name == "policies-spikes":
-        return Preset(name, [_spiky_lm(data)], lm_policies, seeds=3,
-                      description="issue 7 policies, spike-prone GPT; 3 seeds")
-    if name in ("policies-small", "policies-complex"):
-        size = name.split("-")[1]
-        return Preset(name, [_lm(data, name=f"gpt-{size}-2k", preset=size, steps=2000)],
-                      lm_policies if size == "small" else lm_policies[:5], seeds=3,
-                      description=f"issue 7 policies, the paper's {size} GPT, 2000 iterations")
-    raise ValueError(f"preset: unknown {name!r}; expected one of {list(PRESETS)}")
-
-
-PRESETS = ("quick", "paper-small", "paper-complex", "ablation-f", "sweep-alpha",
-           "sweep-displacement", "spikes", "policies-saddle", "policies-spikes", "policies-small",
-           "policies-complex")
+    """The preset ``name`` (one of ``PRESETS``); its language tasks read the text file
+    ``data`` (None: the default corpus)."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise ValueError(f"preset: unknown {name!r}; expected one of {list(PRESETS)}")
+    tasks, optimizers = spec.build(data)
+    return Preset(name, tasks, optimizers, seeds=spec.seeds, description=spec.description)

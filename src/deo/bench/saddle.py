@@ -32,20 +32,10 @@ from typing import Any
 
 import torch
 
+from .checks import check_int, check_positive
 from .task import Task
 
 DTYPE = torch.float64
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
 
 
 class _FullBatchSaddle(Task):
@@ -54,9 +44,9 @@ class _FullBatchSaddle(Task):
     known_minimum: float = 0.0
 
     def __init__(self, steps: int, lr: float, eval_every: int):
-        _check_int("steps", steps, 1)
-        _check_positive("lr", lr)
-        _check_int("eval_every", eval_every, 1)
+        check_int("steps", steps, 1)
+        check_positive("lr", lr)
+        check_int("eval_every", eval_every, 1)
         self.steps, self.lr, self.eval_every = steps, float(lr), eval_every
         self.deo_displacement = 1e-3
 
@@ -114,7 +104,7 @@ class QuadraticSaddle(_FullBatchSaddle):
         super().__init__(steps, lr, eval_every)
         if isinstance(x0, bool) or not isinstance(x0, (int, float)) or not math.isfinite(x0):
             raise ValueError(f"x0: expected a finite number, got {x0!r}")
-        _check_positive("y_scale", y_scale)
+        check_positive("y_scale", y_scale)
         self.x0, self.y_scale = float(x0), float(y_scale)
         self.known_minimum = -0.5
         self.escape_threshold = -0.25
@@ -157,7 +147,7 @@ class MonkeySaddle(_FullBatchSaddle):
     def __init__(self, *, steps: int = 1000, lr: float = 0.1, start_radius: float = 2e-2,
                  eval_every: int = 10):
         super().__init__(steps, lr, eval_every)
-        _check_positive("start_radius", start_radius)
+        check_positive("start_radius", start_radius)
         self.start_radius = float(start_radius)
         self.known_minimum = -0.25
         self.escape_threshold = -0.125
@@ -194,10 +184,10 @@ class DeepLinear(_FullBatchSaddle):
                  steps: int = 400, lr: float = 0.2, instance_seed: int = 0,
                  eval_every: int = 10):
         super().__init__(steps, lr, eval_every)
-        _check_int("width", width, 1)
-        _check_int("depth", depth, 2)
-        _check_positive("init_scale", init_scale)
-        _check_int("instance_seed", instance_seed, 0)
+        check_int("width", width, 1)
+        check_int("depth", depth, 2)
+        check_positive("init_scale", init_scale)
+        check_int("instance_seed", instance_seed, 0)
         self.width, self.depth, self.init_scale = width, depth, float(init_scale)
         self.instance_seed = instance_seed
         self.known_minimum = 0.0
@@ -242,13 +232,13 @@ class MatrixSensing(_FullBatchSaddle):
                  init_scale: float = 1e-3, steps: int = 300, lr: float = 0.02,
                  instance_seed: int = 0, eval_every: int = 10):
         super().__init__(steps, lr, eval_every)
-        _check_int("n", n, 1)
-        _check_int("rank", rank, 1)
+        check_int("n", n, 1)
+        check_int("rank", rank, 1)
         if rank > n:
             raise ValueError(f"rank: expected an integer <= n = {n}, got {rank!r}")
-        _check_int("measurements", measurements, 1)
-        _check_positive("init_scale", init_scale)
-        _check_int("instance_seed", instance_seed, 0)
+        check_int("measurements", measurements, 1)
+        check_positive("init_scale", init_scale)
+        check_int("instance_seed", instance_seed, 0)
         self.n, self.rank, self.measurements = n, rank, measurements
         self.init_scale, self.instance_seed = float(init_scale), instance_seed
         self.known_minimum = 0.0

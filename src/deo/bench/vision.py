@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_int, check_positive
 from .task import Task
 
 SPLIT_SEED = 0
@@ -36,11 +37,6 @@ TRAIN_FRACTION = 0.8
 NUM_CLASSES = 10
 STEP_STRIDE = 1_000_003  # a prime above any step count: batch seeds of (seed, step) differ
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,11 +64,10 @@ class _DigitsTask(Task):
     network (input (B, 1, 8, 8), output (B, 10) logits)."""
 
     def __init__(self, steps: int, batch_size: int, lr: float, eval_every: int):
-        _check_int("steps", steps, 1)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("eval_every", eval_every, 1)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ValueError(f"lr: expected a number > 0, got {lr!r}")
+        check_int("steps", steps, 1)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_every", eval_every, 1)
+        check_positive("lr", lr, finite=False)
         self.steps, self.batch_size, self.lr = steps, batch_size, float(lr)
         self.eval_every = eval_every
         self.deo_displacement = None
@@ -135,7 +130,7 @@ class DigitsMLP(_DigitsTask):
     def __init__(self, *, hidden: int = 64, activation: str = "tanh", steps: int = 300,
                  batch_size: int = 64, lr: float = 1e-3, eval_every: int = 25):
         super().__init__(steps, batch_size, lr, eval_every)
-        _check_int("hidden", hidden, 1)
+        check_int("hidden", hidden, 1)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {list(ACTIVATIONS)}, "
                              f"got {activation!r}")
@@ -161,7 +156,7 @@ class DigitsCNN(_DigitsTask):
     def __init__(self, *, channels: int = 8, steps: int = 300, batch_size: int = 64,
                  lr: float = 1e-3, eval_every: int = 25):
         super().__init__(steps, batch_size, lr, eval_every)
-        _check_int("channels", channels, 1)
+        check_int("channels", channels, 1)
         self.channels = channels
 
     def _build_model(self) -> nn.Module:
