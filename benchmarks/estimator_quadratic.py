@@ -43,12 +43,12 @@ def evaluations_to_target(hessian, v_min, scale, **deo_kwargs):
         return loss
 
     cos = curvature = float("nan")
-    while int(opt.stats["probe_count"]) < LIMIT:
+    while int(opt.stats["extra_gradients"]) < LIMIT:
         opt.step(closure)
         (n,) = opt.direction
         cos, curvature = abs(float(n @ v_min)), float(n @ hessian @ n)
         if cos >= 0.99 and abs(curvature - lam_min) <= 0.01 * abs(lam_min):
-            return int(opt.stats["probe_count"]), cos, curvature / scale
+            return int(opt.stats["extra_gradients"]), cos, curvature / scale
     return None, cos, curvature / scale
 
 

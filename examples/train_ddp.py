@@ -103,7 +103,7 @@ def main() -> None:
                 if rank == 0:
                     print(f"step {step:5d}  loss {mean_loss.item():.4f}  "
                           f"curvature along N {opt.curvature.item():+.3g}  "
-                          f"probes {int(opt.stats['probe_count'])}", flush=True)
+                          f"probes {int(opt.stats['extra_gradients'])}", flush=True)
             if step == args.steps:
                 break
         epoch += 1

@@ -131,7 +131,7 @@ def run_config(name: str, distributed: bool = False) -> dict:
         result["params"].append(local(params))
         result["directions"].append(local(opt.direction))
     result["curvature"] = opt.curvature.clone()
-    result["probe_count"] = int(opt.stats["probe_count"])
+    result["extra_gradients"] = int(opt.stats["extra_gradients"])
     result["skipped_probes"] = int(opt.stats["skipped_probes"])
     result["inconsistent_probes"] = int(opt.stats["inconsistent_probes"])
     result["escapes"] = (int(opt.stats["escapes"]), int(opt.stats["escape_trials"]))

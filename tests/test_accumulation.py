@@ -46,7 +46,7 @@ def test_accumulation_over_micro_batches_equals_one_large_batch(rotation):
     accumulated, opt, losses = train(MICRO, rotation)
 
     assert opt.steps == large_opt.steps == 7
-    assert int(opt.stats["probe_count"]) == int(large_opt.stats["probe_count"]) > 0
+    assert int(opt.stats["extra_gradients"]) == int(large_opt.stats["extra_gradients"]) > 0
     tol = {"rtol": 1e-9, "atol": 1e-11}
     torch.testing.assert_close(losses, large_losses, **tol)
     torch.testing.assert_close(opt.curvature, large_opt.curvature, **tol)

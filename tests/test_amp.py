@@ -66,7 +66,7 @@ def test_bf16_autocast_curvature_matches_float32(rotation):
         results.append(opt)
     fp32, bf16 = results
     assert all(n.dtype == torch.float32 for n in bf16.direction)
-    assert int(bf16.stats["probe_count"]) == int(fp32.stats["probe_count"]) > 0
+    assert int(bf16.stats["extra_gradients"]) == int(fp32.stats["extra_gradients"]) > 0
     assert int(bf16.stats["skipped_probes"]) == 0
     torch.testing.assert_close(bf16.curvature, fp32.curvature, rtol=0.1, atol=1e-3)
     assert abs(deo.hessian.cosine(bf16.direction, fp32.direction)) > 0.95
@@ -79,7 +79,7 @@ def test_bf16_autocast_training_keeps_float32_weights():
     run(model, opt, 7, autocast=torch.bfloat16)
     # the probe displaced the float32 weights; autocast casts them per op, never in place
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert int(opt.stats["probe_count"]) == 3 and int(opt.stats["skipped_probes"]) == 0
+    assert int(opt.stats["extra_gradients"]) == 3 and int(opt.stats["skipped_probes"]) == 0
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0.05, atol=0.02)
 
@@ -92,7 +92,7 @@ def test_fp16_autocast_with_grad_scaler_trains_and_probes():
     run(model, opt, 7, autocast=torch.float16, scaler=scaler)
 
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert opt.steps == 7 and int(opt.stats["probe_count"]) == 3
+    assert opt.steps == 7 and int(opt.stats["extra_gradients"]) == 3
     assert int(opt.stats["skipped_probes"]) == 0
     assert scaler.get_scale() == 2.0**12  # no overflow, no growth yet
     c32, c16 = float(ref_opt.curvature), float(opt.curvature)
@@ -116,7 +116,7 @@ def test_scaled_float32_run_is_bit_identical_to_an_unscaled_one(settings):
     assert scaler.get_scale() == 2.0**12  # grew twice: steps were not reported as overflows
     assert_same(reference, ref_opt, model, opt)
     assert torch.equal(ref_opt.curvature, opt.curvature)
-    assert opt.stats["probe_count"] == ref_opt.stats["probe_count"]
+    assert opt.stats["extra_gradients"] == ref_opt.stats["extra_gradients"]
 
 
 def test_disabled_scaler_is_no_scaler():
@@ -135,7 +135,7 @@ def test_overflow_skips_the_whole_step(where):
     params = [p.clone() for p in model.parameters()]
     direction = [n.clone() for n in opt.direction]
     base_state = {k: v.clone() for k, v in opt.base.state[next(model.parameters())].items()}
-    steps, probes = opt.steps, int(opt.stats["probe_count"])
+    steps, probes = opt.steps, int(opt.stats["extra_gradients"])
     call = {"displaced pass": 2}.get(where, 1)
 
     with warnings.catch_warnings():
@@ -152,12 +152,12 @@ def test_overflow_skips_the_whole_step(where):
     assert opt.steps == steps  # not taken: the next step is the same kind of step
     assert scaler.get_scale() == 2.0**9  # backed off
     displaced = where == "displaced pass"
-    assert int(opt.stats["probe_count"]) == probes + displaced
+    assert int(opt.stats["extra_gradients"]) == probes + displaced
     assert int(opt.stats["skipped_probes"]) == displaced
 
     opt.step(closure_for(model, opt, steps, scaler=scaler), grad_scaler=scaler)  # clean retry
     assert opt.steps == steps + 1
-    assert int(opt.stats["probe_count"]) == probes + displaced + (where != "cheap step")
+    assert int(opt.stats["extra_gradients"]) == probes + displaced + (where != "cheap step")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert float(norm(opt.direction)) == pytest.approx(1.0, abs=1e-6)
 

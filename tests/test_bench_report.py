@@ -40,7 +40,7 @@ def make_record(task: str, optimizer: str, seed: int, final_loss: float, *,
     if accuracy is not None:
         final["accuracy"] = accuracy
     deo = ([{"step": s, "curvature": -1.0 + s / steps + 0.1 * seed, "angle": 0.5,
-             "grad_share": 0.1, "probe_count": s // 10} for s in (100, 200, steps)]
+             "grad_share": 0.1, "extra_gradients": s // 10} for s in (100, 200, steps)]
            if optimizer.startswith("deo-") else [])
     task_config = {"steps": steps}
     if escape_threshold is not None:

@@ -58,7 +58,7 @@ def test_every_optimizer_takes_steps(name):
     if not is_deo:  # alpha = 5 reverses the gradient along N: on a convex bowl that ascends
         assert record.final["loss"] < 1.5  # started at 1.5
     assert bool(record.deo) == is_deo
-    assert record.gradient_evaluations == 20 + (record.deo[-1]["probe_count"] if is_deo else 0)
+    assert record.gradient_evaluations == 20 + (record.deo[-1]["extra_gradients"] if is_deo else 0)
 
 
 def test_deo_settings_reach_the_optimizer():

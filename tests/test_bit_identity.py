@@ -41,7 +41,7 @@ def test_alpha_zero_is_bit_identical_to_the_base(name):
     opt = deo.DEO(model.parameters(), base=base_cls, alpha=0.0, interval=10, **kwargs)
     torch.manual_seed(123)  # same dropout masks as the reference, IF the probe hides its RNG use
     train(model, opt, 50)
-    assert int(opt.stats["probe_count"]) == 5
+    assert int(opt.stats["extra_gradients"]) == 5
     assert torch.isfinite(opt.curvature)
     assert_same_model(reference, model)  # includes BatchNorm running statistics
 
@@ -105,7 +105,7 @@ def test_resume_from_step_15_is_bit_identical():
     for a, b in zip(opt.direction, resumed_opt.direction):
         assert torch.equal(a, b)
     assert torch.equal(opt.curvature, resumed_opt.curvature)
-    assert opt.stats["probe_count"] == resumed_opt.stats["probe_count"] == 3
+    assert opt.stats["extra_gradients"] == resumed_opt.stats["extra_gradients"] == 3
     assert opt.param_groups[0]["lr"] == resumed_opt.base.param_groups[0]["lr"]
 
 

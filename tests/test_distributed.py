@@ -142,7 +142,7 @@ def test_matches_one_process_on_the_global_batch(results, reference, name):
         for rank in run:
             torch.testing.assert_close(rank["curvature"], ref["curvature"], **CLOSE)
             trials = rank["escapes"][1]  # the checked escape's trials are evaluations too
-            assert rank["probe_count"] == ref["probe_count"] == \
+            assert rank["extra_gradients"] == ref["extra_gradients"] == \
                 worker.STEPS // worker.INTERVAL + 1 + trials
             assert rank["skipped_probes"] == 0
             # the displaced-loss check averages the ranks' losses as DDP averages gradients

@@ -50,8 +50,8 @@ def test_on_a_quadratic_the_checked_step_is_the_fixed_one_and_is_kept():
     expected = before - math.copysign(0.25 * 2.0, float(hessian @ before @ n)) * n
     torch.testing.assert_close(x.detach(), expected)
     assert (int(opt.stats["escapes"]), int(opt.stats["escape_trials"])) == (1, 1)
-    assert int(opt.stats["probe_count"]) == 3  # two for the rotation, one for the trial
-    assert opt._escape_radius == math.inf  # rho = 1 on a quadratic
+    assert int(opt.stats["extra_gradients"]) == 3  # two for the rotation, one for the trial
+    assert opt.deo_state.escape.radius == math.inf  # rho = 1 on a quadratic
 
 
 def quartic_closure(x):
@@ -80,7 +80,7 @@ def test_steps_that_go_uphill_are_undone_and_shrink_the_radius():
     # 4 and then 1 (= 4 / 4) end uphill (the trapezoid says so); 0.25 descends and is kept
     assert lengths[:2] == [0.0, 0.0] and lengths[2] == pytest.approx(0.25, rel=1e-3)
     assert kept == [0, 0, 1] and int(opt.stats["escape_trials"]) == 3
-    assert opt._escape_radius == pytest.approx(0.5, rel=1e-3)  # rho > 0.75: 2 t
+    assert opt.deo_state.escape.radius == pytest.approx(0.5, rel=1e-3)  # rho > 0.75: 2 t
     # the base step starts from the kept point with the gradient there
     point, grad = seen[-1]
     assert abs(float(point[1])) == pytest.approx(0.25, rel=1e-2)

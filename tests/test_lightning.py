@@ -78,18 +78,18 @@ def test_automatic_optimization_and_resume_continue_deo_bit_identically(tmp_path
     full = Regression()
     _, full_opt = fit(full, 35, tmp_path)
     assert isinstance(full_opt, deo.DEO)
-    assert full_opt.steps == 35 and int(full_opt.stats["probe_count"]) == 4  # 0, 10, 20, 30
+    assert full_opt.steps == 35 and int(full_opt.stats["extra_gradients"]) == 4  # 0, 10, 20, 30
 
     torch.manual_seed(0)
     first = Regression()
     trainer, first_opt = fit(first, 25, tmp_path)
-    assert first_opt.steps == 25 and int(first_opt.stats["probe_count"]) == 3
+    assert first_opt.steps == 25 and int(first_opt.stats["extra_gradients"]) == 3
     trainer.save_checkpoint(tmp_path / "step25.ckpt")
 
     torch.manual_seed(5)
     resumed = Regression(seed=99)  # other weights, other N: all must come from the checkpoint
     _, opt = fit(resumed, 35, tmp_path, ckpt_path=tmp_path / "step25.ckpt")
-    assert opt.steps == 35 and int(opt.stats["probe_count"]) == 4
+    assert opt.steps == 35 and int(opt.stats["extra_gradients"]) == 4
     assert opt.param_groups is opt.base.param_groups
     assert opt.param_groups[0]["lr"] == full_opt.param_groups[0]["lr"] == 1e-2 * 0.5**5
     for a, b in zip(full.parameters(), resumed.parameters()):
@@ -103,7 +103,7 @@ def test_bf16_mixed_precision_probes_on_float32_weights(tmp_path):
     torch.manual_seed(0)
     module = Regression()
     _, opt = fit(module, 12, tmp_path, precision="bf16-mixed")
-    assert int(opt.stats["probe_count"]) == 2 and int(opt.stats["skipped_probes"]) == 0
+    assert int(opt.stats["extra_gradients"]) == 2 and int(opt.stats["skipped_probes"]) == 0
     assert torch.isfinite(opt.curvature)
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
@@ -115,7 +115,7 @@ def test_manual_optimization_accumulating_in_one_closure_equals_one_batch(tmp_pa
     torch.manual_seed(0)
     accumulated = Regression(dropout=0.0, micro_batches=4)
     _, opt = fit(accumulated, 12, tmp_path)
-    assert opt.steps == 12 and int(opt.stats["probe_count"]) == 2
+    assert opt.steps == 12 and int(opt.stats["extra_gradients"]) == 2
     torch.testing.assert_close(opt.curvature, whole_opt.curvature, rtol=1e-4, atol=1e-6)
     for a, b in zip(whole.parameters(), accumulated.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -152,9 +152,9 @@ def test_every_policy_trains_under_lightning(tmp_path, policy):
     assert opt.steps == 12
     assert int(opt.stats["skipped_probes"]) == int(opt.stats["inconsistent_probes"]) == 0
     if policy.get("trigger") == "spike":  # it probes only after a jump, but reads every loss
-        assert opt._spikes.seen == 12
+        assert opt.deo_state.spikes.seen == 12
     else:
-        assert int(opt.stats["probe_count"]) >= 2 and torch.isfinite(opt.curvature)
+        assert int(opt.stats["extra_gradients"]) >= 2 and torch.isfinite(opt.curvature)
     assert all(torch.isfinite(p).all() for p in opt.direction)
 
 

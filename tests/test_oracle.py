@@ -44,7 +44,7 @@ def test_probe_finds_the_exact_min_eigenpair_of_a_quadratic_and_corrects_with_it
     assert float(opt.curvature) == pytest.approx(-1.0, abs=1e-6)
     assert float(n.norm()) == pytest.approx(1.0) and float(n @ old) >= 0  # kept orientation
     assert float(opt.stats["angle"]) == pytest.approx(math.acos(float(n @ old)), abs=1e-9)
-    assert int(opt.stats["probe_count"]) > 1  # one gradient with graph + each Hv
+    assert int(opt.stats["extra_gradients"]) > 1  # one gradient with graph + each Hv
     corrected = g - 2.0 * (g @ n) * n  # plain SGD: x1 = x0 - lr (g - alpha (g.N) N)
     torch.testing.assert_close(x.detach(), x0 - 0.1 * corrected)
 
@@ -99,7 +99,7 @@ def test_probe_leaves_the_main_gradients_in_grad():
     opt.base.step = lambda: (seen.extend(p.grad.clone() for p in model.parameters()),
                              base_step())
     opt.step(closure, loss_fn=loss_fn)
-    assert int(opt.stats["probe_count"]) > 0 and len(seen) == len(main)
+    assert int(opt.stats["extra_gradients"]) > 0 and len(seen) == len(main)
     assert all(torch.equal(a, b) for a, b in zip(main, seen))
 
 

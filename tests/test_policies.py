@@ -8,6 +8,7 @@ import torch
 
 import deo
 from deo import policies
+from deo.state import SpikeTrigger
 from helpers import MLP, make_closure, quadratic, quadratic_closure
 
 
@@ -26,11 +27,13 @@ def test_next_probe_gap(gap, angle, expected):
 
 
 def test_spike_trigger_fires_on_a_jump_after_warm_up_and_opens_a_window():
-    trigger = policies.SpikeTrigger()
+    trigger = SpikeTrigger()
     fired, active = [], []
     for step in range(30):
-        fired.append(trigger.observe(step, 3.0 if step in (5, 20) else 1.0, window=4))
-        active.append(trigger.active(step))
+        trigger, jump = policies.observe_loss(trigger, step, 3.0 if step in (5, 20) else 1.0,
+                                              window=4)
+        fired.append(jump)
+        active.append(policies.active(trigger, step))
     assert [s for s, f in enumerate(fired) if f] == [20]  # step 5 is inside the warm-up
     assert [s for s, a in enumerate(active) if a] == [20, 21, 22, 23]
 
@@ -55,7 +58,7 @@ def test_spike_trigger_without_jumps_is_the_base_optimizer_bit_for_bit():
         make_closure(base_model, base, step % 2)()
         base.step()
         opt.step(make_closure(model, opt, step % 2))
-    assert int(opt.stats["probe_count"]) == 0
+    assert int(opt.stats["extra_gradients"]) == 0
     assert all(torch.equal(a, b) for a, b in zip(base_model.parameters(), model.parameters()))
 
 
@@ -72,7 +75,7 @@ def test_spike_trigger_probes_and_corrects_after_a_jump():
             def closure(inner=closure):
                 return inner() * 0 + 10.0
         opt.step(closure)
-    assert int(opt.stats["probe_count"]) == 1
+    assert int(opt.stats["extra_gradients"]) == 1
     n = torch.cat([d.reshape(-1) for d in opt.direction])
     shares = [abs(float(torch.cat([g.reshape(-1) for g in grads]) @ n)) for grads in seen]
     assert all(s > 1e-6 for s in shares[:12]) and shares[15] > 1e-6  # base steps
@@ -90,9 +93,9 @@ def probe_steps(opt, closure, steps):
     probes, count = [], 0
     for step in range(steps):
         opt.step(closure)
-        if int(opt.stats["probe_count"]) > count:
+        if int(opt.stats["extra_gradients"]) > count:
             probes.append(step)
-            count = int(opt.stats["probe_count"])
+            count = int(opt.stats["extra_gradients"])
     return probes
 
 

@@ -113,7 +113,7 @@ def test_non_finite_probe_skips_the_rotation_and_warns_once():
     for a, b in zip(before, opt.direction):
         assert torch.equal(a, b)
     assert float(norm(opt.direction)) == pytest.approx(1.0, abs=1e-6)
-    assert int(opt.stats["skipped_probes"]) == 2 and int(opt.stats["probe_count"]) == 2
+    assert int(opt.stats["skipped_probes"]) == 2 and int(opt.stats["extra_gradients"]) == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -44,7 +44,7 @@ def test_probe_restores_the_buffers_of_a_torch_compiled_module():
                 return loss
 
             optimizer.step(closure)
-    assert int(opt.stats["probe_count"]) == 4
+    assert int(opt.stats["extra_gradients"]) == 4
     assert int(model.norm.num_batches_tracked) == 4  # 8 before: the probes counted too
     assert torch.equal(model.norm.running_mean, plain_model.norm.running_mean)
     assert torch.equal(model.norm.running_var, plain_model.norm.running_var)
@@ -130,14 +130,14 @@ def test_probe_due_follows_the_angle_rule_and_the_missing_closure_error_names_it
                   interval_rule="angle")
     probes = 0
     for step in range(12):
-        before = int(opt.stats["probe_count"])
+        before = int(opt.stats["extra_gradients"])
         if opt.probe_due():
             opt.step(make_closure(model, opt, step))
         else:
             make_closure(model, opt, step)()
             opt.step()
-        probes += int(opt.stats["probe_count"]) - before
-    assert probes == int(opt.stats["probe_count"]) >= 2
+        probes += int(opt.stats["extra_gradients"]) - before
+    assert probes == int(opt.stats["extra_gradients"]) >= 2
     while not opt.probe_due():
         make_closure(model, opt, 0)()
         opt.step()
@@ -352,7 +352,7 @@ def test_a_closure_that_raises_in_an_escape_trial_is_not_counted():
                   displacement=1e-3, probes_per_update=2, escape_step=0.25,
                   escape_rule="checked")
     opt.step(quadratic_closure(x, hessian))  # turns N onto the negative direction
-    counts = int(opt.stats["probe_count"]), int(opt.stats["escape_trials"])
+    counts = int(opt.stats["extra_gradients"]), int(opt.stats["escape_trials"])
     assert counts[1] == 1
     start = x.detach().clone()
 
@@ -365,7 +365,7 @@ def test_a_closure_that_raises_in_an_escape_trial_is_not_counted():
     with pytest.raises(KeyboardInterrupt):
         opt.step(interrupted_trial)
     assert int(opt.stats["escape_trials"]) == counts[1]  # was counted before the evaluation
-    assert int(opt.stats["probe_count"]) == counts[0] + 1  # the rotation's one evaluation
+    assert int(opt.stats["extra_gradients"]) == counts[0] + 1  # the rotation's one evaluation
 
 
 # -- a closure that evaluates another batch on its second call ----------------------------------

@@ -7,6 +7,7 @@ import torch
 
 import deo
 from deo import dimer
+from deo.state import RitzState
 from helpers import MLP, make_closure, quadratic, quadratic_closure
 
 WIDE_SPECTRUM = torch.linspace(-1.0, 1000.0, 200, dtype=torch.float64)
@@ -20,12 +21,12 @@ def evaluations_to_converge(hessian, q, budget, limit=400, **kwargs):
                   displacement=1e-3, probes_per_update=budget, **kwargs)
     closure = quadratic_closure(x, hessian)
     lam_min = float(q[:, 0] @ hessian @ q[:, 0])
-    while int(opt.stats["probe_count"]) < limit:
+    while int(opt.stats["extra_gradients"]) < limit:
         opt.step(closure)
         (n,) = opt.direction
         if abs(float(n @ q[:, 0])) >= 0.99 and \
                 abs(float(n @ hessian @ n) - lam_min) <= 0.01 * abs(lam_min):
-            return int(opt.stats["probe_count"]), opt
+            return int(opt.stats["extra_gradients"]), opt
     return None, opt
 
 
@@ -62,19 +63,21 @@ def test_ritz_step_on_a_three_dimensional_problem_is_exact():
         calls.append(v)
         return [hessian @ v[0]]
 
-    new_n, new_hn, _, _ = dimer.ritz_step(n, hvp(n), p, hvp(p), hvp)
+    carried = RitzState(hvp=hvp(n), previous=p, hvp_previous=hvp(p), phase=1)
+    rotation = dimer.run_rule(dimer.ritz_rule, n, hvp, carried, dimer.RuleSettings(budget=1))
+    new_n, new_hn = rotation.direction, rotation.state.hvp
     assert len(calls) == 3  # N and P given above, W evaluated inside: one evaluation per step
     assert abs(float(new_n[0] @ q[:, 0])) == pytest.approx(1.0, abs=1e-12)
     torch.testing.assert_close(new_hn[0], hessian @ new_n[0])
 
 
-def test_ritz_probe_count_is_exact_per_budget():
+def test_ritz_extra_gradients_is_exact_per_budget():
     torch.manual_seed(0)
     model = MLP(batchnorm=False, dropout=0.0)
     opt = deo.DEO(model.parameters(), lr=1e-2, interval=2, rotation="ritz", probes_per_update=3)
     for step in range(6):  # probes at 0, 2, 4
         opt.step(make_closure(model, opt, step))
-    assert int(opt.stats["probe_count"]) == 9
+    assert int(opt.stats["extra_gradients"]) == 9
 
 
 def test_ritz_resume_is_bit_identical():

@@ -50,14 +50,14 @@ def train(out, steps, trainer_cls=DEOTrainer, accumulation=1, resume=None, deo=N
 def test_deo_trainer_probes_and_resumes_from_a_trainer_checkpoint(tmp_path):
     settings = {"interval": 5, "displacement": 1e-2, "rotation": "ritz"}
     first, _, _ = train(tmp_path, 7, deo=settings, save_strategy="steps", save_steps=7)
-    assert first.deo.steps == 7 and int(first.deo.stats["probe_count"]) == 2  # 0, 5
+    assert first.deo.steps == 7 and int(first.deo.stats["extra_gradients"]) == 2  # 0, 5
     assert first.deo.max_grad_norm == 1.0  # TrainingArguments' default, moved into DEO
 
     # a different N seed: N, the step counter and the probe counters come from optimizer.pt
     resumed, _, result = train(tmp_path, 12, deo={**settings, "seed": 99},
                                resume=str(tmp_path / "checkpoint-7"))
     deo = resumed.deo
-    assert deo.steps == 12 and int(deo.stats["probe_count"]) == 3  # 0, 5, 10
+    assert deo.steps == 12 and int(deo.stats["extra_gradients"]) == 3  # 0, 5, 10
     assert int(deo.stats["skipped_probes"]) == 0
     assert math.isfinite(result.training_loss) and torch.isfinite(deo.curvature)
 
@@ -68,7 +68,7 @@ def test_alpha_zero_is_the_plain_trainer_bit_for_bit(tmp_path):
     _, plain, _ = train(tmp_path / "plain", 7, transformers.Trainer, accumulation=2)
     trainer, model, _ = train(tmp_path / "deo", 7, accumulation=2,
                               deo={"alpha": 0.0, "interval": 5})
-    assert int(trainer.deo.stats["probe_count"]) == 2
+    assert int(trainer.deo.stats["extra_gradients"]) == 2
     for (name, a), (_, b) in zip(plain.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -88,7 +88,7 @@ def test_probe_replays_every_micro_batch_with_its_dropout_masks(tmp_path):
     trainer_box.append(trainer)
     trainer.train()
 
-    assert int(trainer.deo.stats["probe_count"]) == 2
+    assert int(trainer.deo.stats["extra_gradients"]) == 2
     for step in (0, 5):
         main = [m for s, replay, m in masks if s == step and not replay]
         replay = [m for s, replay, m in masks if s == step and replay]
@@ -130,6 +130,6 @@ def test_every_policy_trains_through_deo_trainer(tmp_path, policy):
     assert deo.steps == 6 and math.isfinite(result.training_loss)
     assert int(deo.stats["skipped_probes"]) == int(deo.stats["inconsistent_probes"]) == 0
     if policy.get("trigger") == "spike":  # it saw the loss of every step, from the Trainer
-        assert deo._spikes.seen == 6
+        assert deo.deo_state.spikes.seen == 6
     else:
-        assert int(deo.stats["probe_count"]) >= 2 and torch.isfinite(deo.curvature)
+        assert int(deo.stats["extra_gradients"]) >= 2 and torch.isfinite(deo.curvature)

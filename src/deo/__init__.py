@@ -1,12 +1,16 @@
 """deo: Dimer-Enhanced Optimization for PyTorch.
 
-``deo.DEO`` wraps any ``torch.optim`` optimizer; ``deo.hessian`` gives exact Hessian ground
-truth for checking the curvature estimate.
+``deo.DEO`` wraps any ``torch.optim`` optimizer; ``deo.DEOConfig`` holds its settings and
+``deo.recommended()`` the configuration we recommend; ``deo.hessian`` gives exact Hessian
+ground truth for checking the curvature estimate.
 """
 
 from . import hessian
 from .checkpoint import base_state_dict
+from .config import DEOConfig, recommended
 from .optimizer import DEO
+from .state import DEOState
 
 __version__ = "0.1.0"
-__all__ = ["DEO", "base_state_dict", "hessian", "__version__"]
+__all__ = ["DEO", "DEOConfig", "DEOState", "base_state_dict", "hessian", "recommended",
+           "__version__"]

@@ -1,52 +1,39 @@
-"""DEO's checkpoints: the base optimizer's state dict with DEO's state folded in.
+"""DEO's checkpoints: ``DEOState`` to and from the base optimizer's state dict.
 
-``state_dict()["state"][i]`` is the base's entry for parameter i plus DEO's per-parameter
-tensors under ``"deo_<key>"`` (N as ``"deo_direction"``, the Ritz rule's carried vectors);
-``state_dict()["deo"]`` holds the counters, the rotation rule's and the policies' scalar state,
-the last statistics and the settings. ``base_state_dict`` takes DEO's part out again, for
-the plain base optimizer. A load checks everything before it changes anything.
+``state_dict["state"][i]`` is the base's entry for parameter i plus DEO's per-parameter
+tensors under ``"deo_<field>"`` (N as ``"deo_direction"``, the Ritz rule's carried vectors);
+``state_dict["deo"]`` holds every other field of the state as ``state.flatten`` lays it out,
+plus the settings (``DEOConfig.to_dict()``) and the rule's name. ``base_state_dict`` takes
+DEO's part out again, for the plain base optimizer. A load checks everything before it
+changes anything.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch.optim import Optimizer
 
-from .policies import SpikeTrigger
+from .state import DEOState, flatten, unflatten
 
-if TYPE_CHECKING:
-    from .optimizer import DEO
-
-DIRECTION = "direction"  # per-parameter state key of N
 SAVED_PREFIX = "deo_"  # DEO's keys inside state_dict()["state"][index] start with it
-
-
-def deo_state_dict(opt: DEO) -> dict[str, Any]:
-    sd = opt.base.state_dict()
-    state = dict(sd["state"])
-    for i, p in enumerate(opt._params()):
-        ours = {SAVED_PREFIX + k: v for k, v in opt.state[p].items()}
-        state[i] = {**state.get(i, {}), **ours}
-    sd["state"] = state
-    sd["deo"] = {"steps": opt.steps, "probe_count": opt._probe_count,
-                 "skipped_probes": opt._skipped_probes,
-                 "inconsistent_probes": opt._inconsistent_probes, "stats": dict(opt._stats),
-                 "rule_scalars": dict(opt._rule_scalars),
-                 "policies": {"next_probe": opt._next_probe, "probe_gap": opt._probe_gap,
-                              "spikes": dataclasses.asdict(opt._spikes),
-                              "escape": {"radius": opt._escape_radius, "kept": opt._escapes,
-                                         "tried": opt._escape_trials}},
-                 "settings": opt.settings()}
-    return sd
-
-
 # Settings a checkpoint does not pin: compile_step is how this process runs the step, and
 # the seed only drew the initial N, which the checkpoint replaces (it is taken from there).
 UNCHECKED_SETTINGS = ("compile_step", "seed")
-REQUIRED = ("steps", "probe_count", "skipped_probes", "stats", "settings")
+REQUIRED = ("steps", "stats", "settings")
+
+
+def to_state_dict(base: Optimizer, state: DEOState, settings: dict[str, Any]) -> dict[str, Any]:
+    sd = base.state_dict()
+    values, per_parameter = flatten(state)
+    entries = dict(sd["state"])
+    for i in range(len(state.direction)):
+        ours = {SAVED_PREFIX + k: v[i] for k, v in per_parameter.items()}
+        entries[i] = {**entries.get(i, {}), **ours}
+    sd["state"] = entries
+    sd["deo"] = {**values, "settings": settings}
+    return sd
 
 
 def base_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -59,54 +46,40 @@ def base_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             "state": {i: entry for i, entry in state.items() if entry}}
 
 
-def load_deo_state_dict(opt: DEO, state_dict: dict[str, Any]) -> None:
-    """Load all of ``state_dict`` into ``opt`` or, raising ValueError, nothing."""
+def from_state_dict(state_dict: dict[str, Any], current: DEOState, params: list[torch.Tensor],
+                    settings: dict[str, Any]) -> tuple[DEOState, int]:
+    """The ``DEOState`` and the seed saved in ``state_dict``, checked against this optimizer:
+    raises ValueError, naming what is wrong, before anything is changed."""
     _check_is_deo(state_dict)
     saved = state_dict["deo"]
     missing = [key for key in REQUIRED if key not in saved]
     if missing:
         raise ValueError(f"load_state_dict: the 'deo' entry lacks {missing}; nothing was loaded")
-    _check_settings(saved["settings"], opt.settings())
-    params = opt._params()
-    ours = _deo_entries(state_dict["state"], params)
-    device = params[0].device
-    try:  # every scalar parsed before anything is changed
-        policy_state = saved.get("policies", {})
-        escape = policy_state.get("escape", {})
-        scalars = {
-            "seed": int(saved["settings"].get("seed", opt.seed)),
-            "_rule_scalars": dict(saved.get("rule_scalars", {})),
-            "steps": int(saved["steps"]),
-            "_probe_count": int(saved["probe_count"]),
-            "_skipped_probes": int(saved["skipped_probes"]),
-            "_inconsistent_probes": int(saved.get("inconsistent_probes", 0)),
-            "_stats": {k: v.detach().clone().to(device) for k, v in saved["stats"].items()},
-            "_next_probe": int(policy_state.get("next_probe", saved["steps"])),
-            "_probe_gap": int(policy_state.get("probe_gap", 1)),
-            "_spikes": SpikeTrigger(**policy_state.get("spikes", {})),
-            "_escape_radius": float(escape.get("radius", math.inf)),
-            "_escapes": int(escape.get("kept", 0)),
-            "_escape_trials": int(escape.get("tried", 0)),
-        }
-        lacking = {"curvature", "angle", "grad_share"} - set(scalars["_stats"])
-        if lacking:
-            raise ValueError(f"the statistics lack {sorted(lacking)}")
-    except (TypeError, ValueError, AttributeError) as error:
+    _check_settings(saved["settings"], settings)
+    # copies on the parameters' devices; N in the dtype it is kept in, the rule's vectors in
+    # theirs (the working dtype)
+    per_parameter = {key: [t.to(n.device, n.dtype if key == "direction" else t.dtype, copy=True)
+                           for t, n in zip(tensors, current.direction)]
+                     for key, tensors in _deo_entries(state_dict["state"], params).items()}
+    try:  # every value parsed and checked before anything is changed
+        template = DEOState(direction=current.direction, rule=type(current.rule)(),
+                            stats=current.stats)
+        loaded = unflatten(DEOState, saved, per_parameter, params[0].device, template)
+        seed = int(saved["settings"].get("seed", settings["seed"]))
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
         raise ValueError(f"load_state_dict: the 'deo' entry holds a malformed value ({error}); "
                          f"nothing was loaded") from error
-    opt.base.load_state_dict(base_state_dict(state_dict))  # validates the groups itself
-    # Nothing below can fail: every value was checked above.
-    for i, p in enumerate(params):
-        direction = opt.state[p][DIRECTION]
-        opt.state[p].clear()
-        opt.state[p][DIRECTION] = direction
-        for key, value in ours[i].items():
-            if key == DIRECTION:
-                direction.copy_(value)
-            else:  # the rule's vectors keep their (working) dtype
-                opt.state[p][key] = value.to(direction.device, copy=True)
-    for name, value in scalars.items():
-        setattr(opt, name, value)
+    loaded.warned = current.warned
+    return loaded, seed
+
+
+def adopt(current: DEOState, loaded: DEOState) -> DEOState:
+    """``loaded`` with N copied into ``current``'s tensors (a compiled step, a sharded N and
+    anything else holding them stay valid)."""
+    for n, saved in zip(current.direction, loaded.direction):
+        n.copy_(saved)
+    loaded.direction = current.direction
+    return loaded
 
 
 def _check_is_deo(state_dict: Any) -> None:
@@ -130,14 +103,14 @@ def _check_settings(saved: dict[str, Any], current: dict[str, Any]) -> None:
             "(state_dict['deo']['settings']) to resume; nothing was loaded")
 
 
-def _deo_entries(state: dict[Any, dict[str, Any]], params: list) -> list[dict[str, Any]]:
-    """DEO's per-parameter tensors of ``state``, checked against the parameters."""
-    entries = []
+def _deo_entries(state: dict[Any, dict[str, Any]], params: list) -> dict[str, list]:
+    """DEO's per-parameter tensors of ``state`` by field, checked against the parameters."""
+    by_field: dict[str, list] = {}
     for i, p in enumerate(params):
         entry = {k[len(SAVED_PREFIX):]: v for k, v in state.get(i, {}).items()
                  if k.startswith(SAVED_PREFIX)}
-        if DIRECTION not in entry:
-            raise ValueError(f"load_state_dict: no N ('{SAVED_PREFIX}{DIRECTION}') for "
+        if "direction" not in entry:
+            raise ValueError(f"load_state_dict: no N ('{SAVED_PREFIX}direction') for "
                              f"parameter {i}; nothing was loaded")
         for key, value in entry.items():
             if not (isinstance(value, torch.Tensor) and value.shape == p.shape):
@@ -145,9 +118,13 @@ def _deo_entries(state: dict[Any, dict[str, Any]], params: list) -> list[dict[st
                 raise ValueError(
                     f"load_state_dict: '{SAVED_PREFIX}{key}' of parameter {i} is shaped "
                     f"{shape}, the parameter {tuple(p.shape)}; nothing was loaded")
-        entries.append(entry)
+            by_field.setdefault(key, [None] * len(params))[i] = value
     extra = sorted(set(state) - set(range(len(params))), key=str)
     if extra:
         raise ValueError(f"load_state_dict: state for parameters {extra}, but this optimizer "
                          f"has {len(params)}; nothing was loaded")
-    return entries
+    incomplete = [k for k, v in by_field.items() if any(t is None for t in v)]
+    if incomplete:
+        raise ValueError(f"load_state_dict: {incomplete} saved for some parameters only; "
+                         f"nothing was loaded")
+    return by_field

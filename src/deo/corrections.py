@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .distributed import dot, launch_bound
+from .dimer import blocks
+from .distributed import dot, launch_bound, norm
 
 
 def paper_correction_(grads: list[Tensor], direction: list[Tensor], alpha: float) -> Tensor:
@@ -33,6 +34,43 @@ def paper_correction_(grads: list[Tensor], direction: list[Tensor], alpha: float
     projection = dot(grads, direction)
     add_scaled_(grads, direction, projection * -alpha)
     return projection
+
+
+def correct_and_clip_(params: list[Tensor], direction: list[Tensor], scope: str,
+                      alpha: float | Tensor, max_grad_norm: float | None,
+                      record: bool = False) -> tuple[Tensor | None, Tensor | None]:
+    """Correct the gradients of ``params`` in .grad, then clip them to ``max_grad_norm``.
+
+    Returns g . N (``scope="global"``, else None) and, when ``record``, |g's projection on
+    the span of the N blocks| / |g|, the ``grad_share`` statistic (one more pass over g, so
+    probe steps only).
+    """
+    with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+    projection = share = None
+    if with_grad:
+        grads = [params[i].grad for i in with_grad]
+        grad_norm = norm(grads) if record else None
+        projections = correct_(grads, [direction[i] for i in with_grad],
+                               blocks(grads, scope), alpha)
+        if record:
+            share = norm(projections) / grad_norm
+        projection = projections[0] if scope == "global" else None
+    clip_([params[i] for i in with_grad], max_grad_norm)
+    return projection, share
+
+
+def clip_(params: list[Tensor], max_grad_norm: float | None) -> None:
+    """Clip the gradients of ``params`` (those that have one) to a total norm, if set."""
+    with_grad = [p for p in params if p.grad is not None]
+    if max_grad_norm is not None and with_grad:
+        torch.nn.utils.clip_grad_norm_(with_grad, max_grad_norm)
+
+
+def correct_(grads: list[Tensor], direction: list[Tensor], blocks: list[list[int]],
+             alpha: float | Tensor) -> list[Tensor]:
+    """``paper_correction_`` on each block of tensors that shares one unit N; g . N of each."""
+    return [paper_correction_([grads[i] for i in block], [direction[i] for i in block], alpha)
+            for block in blocks]
 
 
 def add_scaled_(xs: list[Tensor], ys: list[Tensor], coefficient: Tensor) -> None:
@@ -68,5 +106,3 @@ def escape_along_negative_curvature_(params: list[Tensor], direction: list[Tenso
     coefficient = torch.where(projection > 0, -length, length)
     add_scaled_(params, direction, coefficient.to(projection.dtype))
 
-
-CORRECTIONS = {"paper": paper_correction_}

@@ -16,10 +16,11 @@ Every function here is small and works on lists of tensors (one per parameter te
 together form one vector; the optimizer decides which lists form a block (all parameters
 for ``scope="global"``, one tensor each for ``scope="tensor"``).
 
-A rotation rule turns N towards the minimum-curvature direction. It receives ``hvp(v)``, which
-evaluates one finite-difference H v on the current batch (one displaced gradient, restored
-exactly) into fresh tensors that the rule owns and may overwrite, and may call it up to
-``settings.budget`` times per probe step:
+A rotation rule turns N towards the minimum-curvature direction. It asks for up to
+``settings.budget`` products H v per probe step, each one finite-difference H v on the
+current batch (one displaced gradient, restored exactly).
+
+Rules are generators (``Evaluations``): each yields the vectors it needs products of.
 
 * ``oja_rule``: the paper's rule, one Oja step N <- normalize(N + lr F) per evaluation;
 * ``ritz_rule``: Rayleigh-Ritz in span{N, previous change of N, residual}, LOBPCG-style. It
@@ -30,24 +31,29 @@ exactly) into fresh tensors that the rule owns and may overwrite, and may call i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .distributed import dot, gram, norm
+from .distributed import dot, gram, norm, shard_like
+from .state import OjaState, RitzState
 
 
 def finite_difference_hvp_(displaced_grads: list[Tensor], grads: list[Tensor],
-                           displacement: float) -> list[Tensor]:
-    """Overwrite ``displaced_grads`` with (displaced_grads - grads) / displacement and return it.
+                           displacement: float, main_scale: float = 1.0) -> list[Tensor]:
+    """Overwrite ``displaced_grads`` with (displaced_grads - grads / main_scale) / displacement
+    and return it (``main_scale``: a loss scale still on ``grads``, a power of two).
 
     In place, because the displaced gradients are a parameter-sized temporary that is not
     needed afterwards: this keeps the probe's transient memory at one gradient copy.
     """
-    torch._foreach_sub_(displaced_grads, grads)
+    if main_scale == 1.0:
+        torch._foreach_sub_(displaced_grads, grads)
+    else:  # g / S is exact for a power of two S: the same difference as unscaling first
+        torch._foreach_add_(displaced_grads, grads, alpha=-1.0 / main_scale)
     torch._foreach_div_(displaced_grads, displacement)
     return displaced_grads
 
@@ -57,14 +63,43 @@ def curvature(direction: list[Tensor], hvp: list[Tensor]) -> Tensor:
     return dot(direction, hvp)
 
 
-def rotational_force(direction: list[Tensor], hvp: list[Tensor], curv: Tensor) -> list[Tensor]:
-    """F = -(HN - C N) = C N - HN: minus the component of HN orthogonal to N.
+def blocks(tensors: list[Tensor], scope: str) -> list[list[int]]:
+    """Indices of ``tensors`` that share one unit N: all of them (``scope="global"``), or one
+    block each (``"tensor"``), where an empty tensor has no direction to turn."""
+    if scope == "global":
+        return [list(range(len(tensors)))]
+    return [[i] for i, t in enumerate(tensors) if t.numel() > 0]
 
-    F is minus half the gradient of the Rayleigh quotient N^T H N on the unit sphere.
-    """
-    force = torch._foreach_mul(direction, curv)
-    torch._foreach_sub_(force, [h.to(force[0].dtype) for h in hvp])
-    return force
+
+def working_dtype(p: Tensor) -> torch.dtype:
+    """N in at least float32: a unit vector over millions of entries has tiny components."""
+    return torch.promote_types(p.dtype, torch.float32)
+
+
+def random_direction(params: list[Tensor], seed: int, scope: str,
+                     dtype: torch.dtype | None = None) -> list[Tensor]:
+    """A random unit N (per block), drawn on the CPU from ``seed``: identical on every rank,
+    and for a sharded (DTensor) parameter this rank's shards of the whole draw. Kept in
+    ``dtype``, or in each parameter's working dtype; empty tensors are in no block."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = [shard_like(torch.randn(p.shape, generator=generator).to(
+        p.device, working_dtype(p)), p) for p in params]
+    stored = [dtype or working_dtype(p) for p in params]
+    direction = [d.to(kept) for d, kept in zip(draws, stored)]
+    for block in blocks(draws, scope):
+        for i, n in zip(block, normalize([draws[i] for i in block])):
+            direction[i] = n.to(stored[i])
+    return direction
+
+
+def added_direction(params: list[Tensor], seed: int, scope: str,
+                    dtype: torch.dtype | None = None) -> list[Tensor]:
+    """N's components for parameters added later (``add_param_group``): a random unit N per
+    tensor in tensor scope; zeros in global scope, which keep the global N a unit vector
+    (rotations fill them in)."""
+    if scope == "tensor":
+        return random_direction(params, seed, scope, dtype)
+    return [torch.zeros_like(p, dtype=dtype or working_dtype(p)) for p in params]
 
 
 def normalize(xs: list[Tensor]) -> list[Tensor]:
@@ -72,21 +107,14 @@ def normalize(xs: list[Tensor]) -> list[Tensor]:
     return list(torch._foreach_div(xs, norm(xs)))
 
 
-def rotate_oja(direction: list[Tensor], hvp: list[Tensor], curv: Tensor,
-               lr: float) -> list[Tensor]:
-    r"""The paper's rotation, with the correct sign: N <- normalize(N + lr * F).
+def rotate_oja_(hvp: list[Tensor], direction: list[Tensor], curv: Tensor,
+                lr: float) -> list[Tensor]:
+    r"""The paper's rotation, with the correct sign, N <- normalize(N + lr F), written into
+    the buffer of ``hvp`` (overwritten and returned).
 
     One step of Oja's rule / projected gradient descent on the Rayleigh quotient. It is
     stable only for lr < 2 / (lambda_max - lambda_min), a scale unknown in advance, and with
     the paper's lr = 1e-3 it barely moves N on real networks (design.md, section 2).
-    """
-    return rotate_oja_([h.clone() for h in hvp], direction, curv, lr)
-
-
-def rotate_oja_(hvp: list[Tensor], direction: list[Tensor], curv: Tensor,
-                lr: float) -> list[Tensor]:
-    """``rotate_oja`` written into the buffer of ``hvp`` (overwritten and returned).
-
     N + lr F = N + lr (C N - HN) = (1 + lr C) N - lr HN: one scaling and one multiply-add in
     place, so a rotation needs no parameter-sized memory beyond the HN it consumes.
     """
@@ -97,26 +125,43 @@ def rotate_oja_(hvp: list[Tensor], direction: list[Tensor], curv: Tensor,
 
 
 HvpFn = Callable[[list[Tensor]], list[Tensor]]
+# A rule is a generator: it yields each vector v whose product H v it needs, receives H v
+# (fresh tensors it owns and may overwrite) and returns its Rotation. The caller decides how
+# H v is evaluated: by a displaced gradient of this step's batch, inside step(closure) or
+# between first_step() and second_step(), or exactly (the oracle, bench/oracle.py).
+Evaluations = Generator[list[Tensor], list[Tensor], "Rotation"]
 
 
-@dataclass
-class RotationSettings:
+@dataclass(frozen=True)
+class RuleSettings:
     budget: int = 1  # displaced-gradient evaluations per probe step
     lr: float = 1e-3  # oja's step size
     memory: float = 0.0  # ritz: weight of past batches in the carried Hessian products
     window: int = 1  # ritz: batches whose H W is averaged before each Ritz update
-    blocks: list[list[int]] = field(default_factory=list)  # oja: index blocks sharing one N
+    blocks: tuple[tuple[int, ...], ...] = ()  # oja: index blocks sharing one unit N
 
 
 @dataclass
 class Rotation:
     direction: list[Tensor]
     curvature: Tensor  # 0-d: the curvature along the returned N, as far as the rule knows it
-    state: dict[str, Any]  # what the rule carries to the next probe step (tensor lists, ints)
+    state: Any  # what the rule carries to the next probe step (state.py: OjaState, RitzState)
+    extra_gradients: int = 0  # gradient evaluations the rule made itself (not through yield)
 
 
-def oja_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
-             settings: RotationSettings) -> Rotation:
+def run_rule(rule: Callable[..., Evaluations], direction: list[Tensor], hvp: HvpFn,
+             state: Any, settings: RuleSettings) -> Rotation:
+    """Drive ``rule`` to its Rotation, evaluating each product it asks for with ``hvp``."""
+    evaluations = rule(direction, state, settings)
+    try:
+        vector = next(evaluations)
+        while True:
+            vector = evaluations.send(hvp(vector))
+    except StopIteration as done:
+        return done.value
+
+
+def oja_rule(direction: list[Tensor], state: OjaState, settings: RuleSettings) -> Evaluations:
     """``settings.budget`` Oja steps on the current batch, each block of N rotated on its own.
 
     Each step rotates in the buffer of the H N it just evaluated (``rotate_oja_``): the probe's
@@ -127,7 +172,7 @@ def oja_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
     """
     curvatures: list[Tensor] = []
     for _ in range(settings.budget):
-        hn = hvp(direction)
+        hn = yield direction
         new, curvatures = list(direction), []
         for block in settings.blocks:
             n_b, h_b = [direction[i] for i in block], [hn[i] for i in block]
@@ -139,8 +184,8 @@ def oja_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
     return Rotation(direction, torch.stack(curvatures).min(), state)
 
 
-def ritz_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
-              settings: RotationSettings) -> Rotation:
+def ritz_rule(direction: list[Tensor], state: RitzState,
+              settings: RuleSettings) -> Evaluations:
     """Rayleigh-Ritz rotations, spread over probe steps in a cycle of max(budget, 2) evaluations.
 
     The cycle's first evaluation refreshes H N on the current batch (blended with the carried
@@ -149,12 +194,12 @@ def ritz_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
     from as many batches when the budget is small) N moves to the lowest Ritz vector of
     span{N, P, W}. With budget 1 the cycle spans two probe steps.
     """
-    hn, prev, hprev = state.get("hvp"), state.get("previous"), state.get("hvp_previous")
-    w, hw, samples = state.get("expansion"), state.get("hvp_expansion"), state.get("samples", 0)
-    phase, cycle = state.get("phase", 0), max(settings.budget, 2)
+    hn, prev, hprev = state.hvp, state.previous, state.hvp_previous
+    w, hw, samples = state.expansion, state.hvp_expansion, state.samples
+    phase, cycle = state.phase, max(settings.budget, 2)
     for _ in range(settings.budget):
         if phase == 0 or hn is None:
-            fresh = hvp(direction)
+            fresh = yield direction
             hn = fresh if hn is None else _blend(fresh, hn, settings.memory)
             phase = 1
             continue
@@ -164,30 +209,15 @@ def ritz_rule(direction: list[Tensor], hvp: HvpFn, state: dict[str, Any],
             w, hw, samples = residual_direction(basis, products), None, 0
             if w is None:  # N is already an eigenvector of the carried H: nothing to sample
                 continue
-        fresh = hvp(w)
+        fresh = yield w
         hw = fresh if hw is None else _running_mean(hw, fresh, samples)
         samples += 1
         if samples >= settings.window:
             direction, hn, prev, hprev = ritz_update(basis + [w], products + [hw])
             w, hw, samples = None, None, 0
-    new_state = {"hvp": hn, "previous": prev, "hvp_previous": hprev, "expansion": w,
-                 "hvp_expansion": hw, "samples": samples, "phase": phase}
+    new_state = RitzState(hvp=hn, previous=prev, hvp_previous=hprev, expansion=w,
+                          hvp_expansion=hw, samples=samples, phase=phase)
     return Rotation(direction, curvature(direction, hn), new_state)
-
-
-def ritz_step(n: list[Tensor], hn: list[Tensor], prev: list[Tensor] | None,
-              hprev: list[Tensor] | None, hvp: HvpFn):
-    """One LOBPCG step for the lowest eigenvector: Ritz in span{N, P, W}, W the residual.
-
-    Only W costs an evaluation: H N and H P are known (carried), and the new N, P and their
-    Hessian products are linear combinations of the basis and its products.
-    Returns (N, HN, P, HP); P is None when it vanishes.
-    """
-    basis, products = lobpcg_basis(n, hn, prev, hprev)
-    w = residual_direction(basis, products)
-    if w is None:
-        return n, hn, prev, hprev
-    return ritz_update(basis + [w], products + [hvp(w)])
 
 
 def lobpcg_basis(n, hn, prev, hprev) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
@@ -289,4 +319,4 @@ def _blend(fresh: list[Tensor], carried: list[Tensor], memory: float) -> list[Te
     return list(torch._foreach_lerp(fresh, carried, memory))
 
 
-ROTATION_RULES = {"oja": oja_rule, "ritz": ritz_rule}
+ROTATION_RULES: dict[str, Callable[..., Evaluations]] = {"oja": oja_rule, "ritz": ritz_rule}

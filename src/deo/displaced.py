@@ -1,4 +1,5 @@
-"""What the probe pass must see exactly as the main pass did, and must leave untouched.
+"""The displaced-gradient evaluation: what it must see exactly as the main pass did, and
+must leave untouched.
 
 The displaced gradient is compared with the main one at a displacement of about 1e-2, so any
 difference that does not come from the displacement swamps the finite difference:
@@ -38,34 +39,52 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@contextmanager
-def frozen_module_buffers() -> Iterator[None]:
-    """Restore, on exit, every buffer of every nn.Module whose forward ran inside the block.
+class FrozenBuffers:
+    """Restore, at ``stop()``, every buffer of every nn.Module whose forward ran since
+    ``start()``.
 
     A global forward pre-hook sees each module before it runs, so DEO needs no reference to
-    the model: whatever the closure calls is covered. The first module seen is saved with all
-    its submodules: a ``torch.compile``-d module runs its submodules inside compiled code,
-    where no hook fires, so only the compiled wrapper itself is seen (its buffers live in
-    the submodule ``_orig_mod``).
+    the model: whatever the displaced pass calls is covered. The first module seen is saved
+    with all its submodules: a ``torch.compile``-d module runs its submodules inside compiled
+    code, where no hook fires, so only the compiled wrapper itself is seen (its buffers live
+    in the submodule ``_orig_mod``).
     """
-    saved: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def snapshot(module: nn.Module, args) -> None:
-        if module in saved:
+    def __init__(self) -> None:
+        self.saved: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.handle = None
+
+    def start(self) -> None:
+        self.handle = nn.modules.module.register_module_forward_pre_hook(self._snapshot)
+
+    def stop(self) -> None:
+        if self.handle is None:
+            return
+        self.handle.remove()
+        self.handle = None
+        with torch.no_grad():
+            for buffers in self.saved.values():
+                for live, copy in buffers:
+                    live.copy_(copy)
+        self.saved = {}
+
+    def _snapshot(self, module: nn.Module, args) -> None:
+        if module in self.saved:
             return
         for sub in module.modules():
-            if sub not in saved:
-                saved[sub] = [(b, b.detach().clone()) for b in sub.buffers(recurse=False)]
+            if sub not in self.saved:
+                self.saved[sub] = [(b, b.detach().clone()) for b in sub.buffers(recurse=False)]
 
-    handle = nn.modules.module.register_module_forward_pre_hook(snapshot)
+
+@contextmanager
+def frozen_module_buffers() -> Iterator[None]:
+    """``FrozenBuffers`` around a block."""
+    frozen = FrozenBuffers()
+    frozen.start()
     try:
         yield
     finally:
-        handle.remove()
-        with torch.no_grad():
-            for buffers in saved.values():
-                for live, copy in buffers:
-                    live.copy_(copy)
+        frozen.stop()
 
 
 class NonFiniteProbe(ArithmeticError):
@@ -98,30 +117,33 @@ _NO_GRADIENT = (
 class DisplacedGradients:
     """Finite-difference Hessian-vector products on the batch of the current step.
 
-    ``hvp(v)`` evaluates the closure at theta + dR v (v a unit vector given as tensors shaped
-    like the parameters) and returns (g(theta + dR v) - g(theta)) / dR. Each call is one
-    displaced-gradient evaluation, counted in ``count``. Between calls and on exit the
-    parameters are restored from a saved copy (exact, unlike subtracting dR v), the original
-    gradient tensors are put back, and the RNG is left where the main pass left it.
+    One displaced-gradient evaluation is ``displace(v, length)``, one forward and backward
+    pass of this step's batch at theta + length v (v shaped like the parameters), then
+    ``collect(loss)``, which returns (g(theta + length v) - g(theta)) / length. The pass runs
+    with the RNG state of the main pass (the same dropout masks), and every module buffer it
+    writes is restored. After ``collect`` (and on ``close()``) the parameters are restored
+    from a saved copy (exact, unlike subtracting length v), the original gradient tensors are
+    put back, and the RNG is left where the main pass left it.
 
-    Use as a context manager, entered right after the main pass::
-
-        with DisplacedGradients(params, closure, rng_before, dR) as probe:
-            hn = probe.hvp(direction)
+    ``main_scale`` and ``displaced_scale``: the loss scale of the gradients in .grad now and
+    of those the displaced pass leaves (a GradScaler's scale, or 1): the products are
+    unscaled.
     """
 
-    def __init__(self, params: list[torch.Tensor], closure, rng_before: dict,
-                 displacement: float, loss=None, loss_scale: float | None = None) -> None:
+    def __init__(self, params: list[torch.Tensor], rng_before: dict, *, loss=None,
+                 loss_scale: float | None = None, main_scale: float = 1.0,
+                 displaced_scale: float = 1.0) -> None:
         self.params = params
-        self.closure = closure
         self.rng_before = rng_before
-        self.displacement = displacement
         # the main pass's loss: each displaced loss is checked against the gradients (None:
         # no check); under a GradScaler the closure may return the loss scaled by loss_scale
         self.loss, self.loss_scale = loss, loss_scale
+        self.main_scale, self.displaced_scale = main_scale, displaced_scale
         self.count = 0
+        self.buffers = FrozenBuffers()
+        self.length: float | None = None  # of the displacement in progress
 
-    def __enter__(self) -> DisplacedGradients:
+    def open(self) -> DisplacedGradients:
         self.grads = [p.grad for p in self.params]
         # DDP(gradient_as_bucket_view=True) makes .grad a view of its communication bucket and
         # writes the all-reduced gradients of every later backward into that same memory, so
@@ -142,49 +164,78 @@ class DisplacedGradients:
         self.rng_after = capture_rng_state()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
+        if not hasattr(self, "saved"):
+            return
+        self.buffers.stop()
         self._restore_params()  # a no-op unless an evaluation broke off while displaced
         self._restore_grads()
         restore_rng_state(self.rng_after)
         del self.saved, self.main
 
-    def hvp(self, vector: list[torch.Tensor]) -> list[torch.Tensor]:
-        params = self.params
-        for p in params:  # the probe's backward writes fresh tensors; the originals stay intact
+    __enter__ = open
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def displace(self, vector: list[torch.Tensor], length: float) -> None:
+        """Move to theta + length v and set up the displaced pass: .grad empty, the main
+        pass's RNG state, buffers watched."""
+        for p in self.params:  # the probe's backward writes fresh tensors; the originals stay
             p.grad = None
-        self._displace(vector)
+        self.vector, self.length = vector, length
+        self.displaced = True
+        with torch.no_grad():
+            if self.swap:
+                for p, origin, v in zip(self.params, self.saved, vector):
+                    p.data = origin + (length * v).to(p.dtype)
+            else:  # the parameters hold the saved values: every pass restores them. A v in
+                # another dtype (a bf16 N) is cast element by element: no widened copy of v.
+                torch._foreach_add_(self.params, list(vector), alpha=length)
         restore_rng_state(self.rng_before)
+        self.buffers.start()
+
+    def collect(self, loss=None, check: bool = True) -> list[torch.Tensor]:
+        """(g' - g) / length from the gradients the displaced pass left; theta, .grad and the
+        buffers restored. ``check``: compare ``loss`` with the gradients (see below)."""
+        params, length = self.params, self.length
+        self.buffers.stop()
         try:
-            with torch.enable_grad(), frozen_module_buffers():
-                loss = self.closure()
             if all(p.grad is None for p, g in zip(params, self.grads) if g is not None):
                 raise RuntimeError(_NO_GRADIENT)
+            if self.displaced_scale != 1.0:  # the scale is a power of two: exact
+                torch._foreach_mul_([p.grad for p in params if p.grad is not None],
+                                    1.0 / self.displaced_scale)
             displaced = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             for i in self.overwritable:  # may be the main gradient's memory, restored below
                 displaced[i] = displaced[i].clone()
         finally:
             self._restore_params()
             self._restore_grads()
+            self.length = None
         self.count += 1
-        hvp = finite_difference_hvp_([d.detach() for d in displaced], self.main,
-                                     self.displacement)
+        hvp = finite_difference_hvp_([d.detach() for d in displaced], self.main, length,
+                                     main_scale=self.main_scale)
         # One host sync per evaluation (probe steps only): a non-finite HN must not reach N.
         if not (_is_finite(loss) and _is_finite(norm(hvp))):
             raise NonFiniteProbe("the displaced loss or gradient is not finite")
-        if is_scalar_loss(self.loss) and is_scalar_loss(loss):
-            self._check_consistent(loss, vector, hvp)
+        if check and is_scalar_loss(self.loss) and is_scalar_loss(loss):
+            self._check_consistent(loss, self.vector, hvp, length)
         return hvp
 
+    def main_dot(self, vector: list[torch.Tensor]) -> torch.Tensor:
+        """g . v with the main gradient unscaled."""
+        return dot(self.main, vector) / self.main_scale
+
     def _check_consistent(self, loss, vector: list[torch.Tensor],
-                          hvp: list[torch.Tensor]) -> None:
+                          hvp: list[torch.Tensor], dr: float) -> None:
         """Raise InconsistentProbe unless L' - L = dR (g + g').v / 2 within the tolerances.
 
         g' = g + dR HN, so the prediction is dR g.v + dR^2 (v.HN) / 2. The losses are averaged
         over the ranks of a process group, as DDP and FSDP2 average the gradients: every rank
         then takes the same decision.
         """
-        dr = self.displacement
-        slopes = torch.stack([dot(self.main, vector), dot(vector, hvp)])  # g.v, v.HN
+        slopes = torch.stack([self.main_dot(vector), dot(vector, hvp)])  # g.v, v.HN
         losses = torch.stack([torch.as_tensor(x, device=slopes.device).detach().reshape(()).to(
             slopes.dtype) for x in (self.loss, loss)])
         main, displaced = _mean_over_ranks(losses).tolist()
@@ -202,16 +253,6 @@ class DisplacedGradients:
             raise InconsistentProbe(
                 f"loss {main:.6g} at theta, {displaced:.6g} at theta + {dr:.3g} v: a change of "
                 f"{change:.3g}, where the gradients predict {predicted:.3g}")
-
-    def _displace(self, vector: list[torch.Tensor]) -> None:
-        self.displaced = True
-        with torch.no_grad():
-            if self.swap:
-                for p, origin, v in zip(self.params, self.saved, vector):
-                    p.data = origin + (self.displacement * v).to(p.dtype)
-            else:  # the parameters hold the saved values: every hvp restores them. A v in
-                # another dtype (a bf16 N) is cast element by element: no widened copy of v.
-                torch._foreach_add_(self.params, list(vector), alpha=self.displacement)
 
     def _restore_params(self) -> None:
         if not self.displaced:  # every hvp restores at once: no second parameter copy

@@ -23,8 +23,11 @@ The radius r starts unbounded; a step with rho >= ``EXPAND`` sets r = max(r, 2 t
 rejected one r = ``SHRINK`` t. A step shorter than dR (the distance over which C was
 measured) is not tried and r doubles instead, so a model that keeps rejecting pays for a
 trial only every few probes. Each trial is one more gradient evaluation, counted in
-``stats["probe_count"]``; ``stats["escapes"]`` and ``stats["escape_trials"]`` count the
+``stats["extra_gradients"]``; ``stats["escapes"]`` and ``stats["escape_trials"]`` count the
 kept and the tried steps.
+
+The functions here are pure: they take the trust radius (``EscapeState``) and return the new
+one; probe_step.py runs the trial's evaluation and moves the parameters.
 
 The test reads gradients, not losses: under DDP every rank sees the same all-reduced
 gradients and so takes the same decision, and a closure may return a scaled loss or none.
@@ -35,18 +38,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
-from .distributed import dot
-from .probe_context import DisplacedGradients, NonFiniteProbe
+from .state import EscapeState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from .config import DEOConfig
 
-    from .optimizer import DEO
-
-ESCAPE_RULES = ("fixed", "checked")
 ACCEPT = 0.1  # rho below this: the step is undone
 EXPAND = 0.75  # rho above this: the model held, the radius may grow to twice the step
 SHRINK = 0.25  # a rejected step's length times this is the new radius
@@ -74,42 +70,30 @@ def next_radius(radius: float, length: float, ratio: float) -> float:
     return radius
 
 
-def longest_step(opt: DEO) -> float | None:
+def longest_step(config: DEOConfig, displacement: float) -> float | None:
     """``escape_trust`` displacements (k dR), the cap of either rule; None without one."""
-    return None if opt.escape_trust is None else opt.escape_trust * opt.displacement
+    return None if config.escape_trust is None else config.escape_trust * displacement
 
 
-def try_escape(opt: DEO, closure: Callable[[], Tensor], rng_before: dict) -> None:
-    """The checked escape step on ``opt`` (a probe step, after the rotation): moves the
-    parameters and replaces the gradients in .grad if the trial is kept."""
-    curvature = float(opt.curvature)
-    length = step_length(opt.escape_step, curvature, longest_step(opt), opt._escape_radius)
+def plan_trial(state: EscapeState, config: DEOConfig, curvature: float,
+               displacement: float) -> tuple[float | None, EscapeState]:
+    """The length t of this probe step's trial (None: no trial) and the new state.
+
+    A step shorter than dR is not worth a gradient evaluation: no trial, and the radius
+    doubles instead.
+    """
+    length = step_length(config.escape_step, curvature, longest_step(config, displacement),
+                         state.radius)
     if length == 0.0:
-        return
-    if length < opt.displacement:  # too short to be worth a gradient evaluation
-        opt._escape_radius *= 2.0
-        return
-    params, direction = opt._params(), opt.direction
-    with_grad = [i for i, p in enumerate(params) if p.grad is not None]
-    if not with_grad:  # nothing to descend along
-        return
-    projection = float(dot([params[i].grad for i in with_grad], [direction[i] for i in with_grad]))
-    signed = -length if projection > 0 else length  # theta + signed N descends to first order
-    with DisplacedGradients(params, closure, rng_before, signed) as trial:
-        try:
-            change = trial.hvp(direction)  # (g' - g) / signed
-        except NonFiniteProbe:
-            change = None
-    # counted once the evaluation is done: a closure that raised was no trial
-    opt._escape_trials += 1
-    opt._probe_count += 1
-    ratio = -math.inf if change is None else trust_ratio(
-        -abs(projection), curvature, float(dot(change, direction)), length)
-    opt._escape_radius = next_radius(opt._escape_radius, length, ratio)
-    if ratio < ACCEPT:
-        return
-    opt._escapes += 1
-    with torch.no_grad():
-        torch._foreach_add_(params, list(direction), alpha=signed)
-        grads = [params[i].grad for i in with_grad]  # g' = g + t (g' - g) / t
-        torch._foreach_add_(grads, [change[i] for i in with_grad], alpha=signed)
+        return None, state
+    if length < displacement:
+        return None, EscapeState(radius=state.radius * 2.0)
+    return length, state
+
+
+def judge_trial(state: EscapeState, length: float, slope: float, curvature: float,
+                secant: float | None) -> tuple[bool, EscapeState]:
+    """(keep the trial, the new state) from the slope g . d <= 0, the probe's curvature C
+    and the trial's secant curvature C_t (None: the trial's gradient was not finite)."""
+    ratio = -math.inf if secant is None else trust_ratio(slope, curvature, secant, length)
+    return not ratio < ACCEPT, EscapeState(radius=next_radius(state.radius, length, ratio))

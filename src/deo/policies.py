@@ -3,7 +3,8 @@ r"""Policies beyond the paper: how strongly to correct, when to probe, and when 
 The paper fixes all three: alpha is a constant, a probe comes every ``interval`` steps, and
 every step is corrected. Each alternative here is one small function or one small class,
 chosen in ``DEO`` by one argument (``alpha_rule``, ``interval_rule``, ``trigger``); the
-negative-curvature step (``escape_step``) is in corrections.py. The math:
+negative-curvature step (``escape_step``) is in corrections.py and escape.py. Each takes
+its state explicitly and returns the new state. The math:
 
 alpha_rule
     ``"fixed"``       alpha_t = alpha (paper).
@@ -32,14 +33,16 @@ trigger (hybrid DEO)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-ALPHA_RULES = ("fixed", "curvature")
-INTERVAL_RULES = ("fixed", "angle")
-TRIGGERS = ("always", "spike")
+from .arguments import loss_value
+from .state import Schedule, SpikeTrigger
+
+if TYPE_CHECKING:
+    from .config import DEOConfig
 
 ANGLE_STILL = 0.05  # radians: N barely moved, probe less often
 ANGLE_MOVING = 0.5  # radians: N is still turning, probe more often
@@ -66,24 +69,63 @@ def next_probe_gap(gap: int, angle: float, interval: int) -> int:
     return max(1, min(gap, 4 * interval))
 
 
-@dataclass
-class SpikeTrigger:
-    """The ``"spike"`` trigger's state: a loss EMA and the end of the active window."""
+def observe_loss(trigger: SpikeTrigger, step: int, loss: float,
+                 window: int) -> tuple[SpikeTrigger, bool]:
+    """The trigger after this step's loss, and whether this step starts or extends a window."""
+    jump = (trigger.seen >= SPIKE_WARMUP and math.isfinite(loss)
+            and loss > SPIKE_FACTOR * trigger.ema)
+    ema, seen, until = trigger.ema, trigger.seen, trigger.active_until
+    if math.isfinite(loss):
+        ema = loss if seen == 0 else SPIKE_EMA * ema + (1 - SPIKE_EMA) * loss
+        seen += 1
+    if jump:
+        until = step + window
+    return SpikeTrigger(ema, seen, until), jump
 
-    ema: float = math.nan
-    seen: int = 0
-    active_until: int = -1  # steps < active_until are DEO steps
 
-    def observe(self, step: int, loss: float, window: int) -> bool:
-        """Update with this step's loss; True if this step starts or extends a DEO window."""
-        jump = (self.seen >= SPIKE_WARMUP and math.isfinite(loss)
-                and loss > SPIKE_FACTOR * self.ema)
-        if math.isfinite(loss):
-            self.ema = loss if self.seen == 0 else SPIKE_EMA * self.ema + (1 - SPIKE_EMA) * loss
-            self.seen += 1
-        if jump:
-            self.active_until = step + window
-        return jump
+def active(trigger: SpikeTrigger, step: int) -> bool:
+    """Whether ``step`` lies in a DEO window of the ``"spike"`` trigger."""
+    return step < trigger.active_until
 
-    def active(self, step: int) -> bool:
-        return step < self.active_until
+
+def probe_due(config: DEOConfig, steps: int, schedule: Schedule) -> bool:
+    """Whether step ``steps`` may evaluate displaced gradients (see ``DEO.probe_due``)."""
+    if config.trigger != "always":  # the trigger decides, after the loss is known
+        return True
+    if config.interval_rule == "fixed":
+        return steps % config.interval == 0
+    return steps >= schedule.next_probe
+
+
+def plan(config: DEOConfig, steps: int, schedule: Schedule, spikes: SpikeTrigger,
+         loss: Any) -> tuple[bool, bool, SpikeTrigger]:
+    """(this step probes, its gradient is corrected, the trigger's new state); the
+    ``"spike"`` trigger reads the loss on the host (one sync)."""
+    if config.trigger == "always":
+        return probe_due(config, steps, schedule), True, spikes
+    value = loss_value(loss, f"trigger={config.trigger!r}")
+    spikes, jump = observe_loss(spikes, steps, value, config.interval)
+    return jump, active(spikes, steps), spikes
+
+
+def why_due(config: DEOConfig, steps: int) -> str:
+    """Why step ``steps`` is a probe step, for error messages."""
+    if config.trigger != "always":
+        return f"step {steps}; trigger={config.trigger!r} reads the loss on every step"
+    if config.interval_rule == "fixed":
+        return f"step {steps} with interval={config.interval}"
+    return f"step {steps}, a probe step of interval_rule={config.interval_rule!r}"
+
+
+def after_probe(config: DEOConfig, steps: int, schedule: Schedule, angle: float,
+                completed: bool) -> Schedule:
+    """The schedule after the probe step ``steps`` (``interval_rule="angle"`` only moves).
+
+    ``completed``: whether the rule's cycle ended (a Ritz cycle spread over probe steps only
+    turns N when it completes): the gap adapts to the angles of completed rotations.
+    """
+    if config.interval_rule != "angle":
+        return schedule
+    gap = next_probe_gap(schedule.probe_gap, angle, config.interval) if completed \
+        else schedule.probe_gap
+    return Schedule(next_probe=steps + gap, probe_gap=gap)

@@ -1,141 +1,251 @@
-"""The probe step's rotation: N turned by the rotation rule on displaced gradients of this
-step's batch, for ``DEO._probe`` (design.md, section 1).
+"""The probe step, one displaced pass at a time: the rotation of N, then the escape trial.
 
-The rule (dimer.py) is a pure function of N, an ``hvp`` callable and its carried state; here
-that state is read from and written back into the optimizer's per-parameter state, the
-displaced evaluations run inside ``DisplacedGradients`` (same RNG, untouched buffers, exact
-restore), and the statistics are recorded.
+``ProbeStep`` drives a rotation rule (dimer.py) and, with ``escape_rule="checked"``, the
+escape trial (escape.py) over displaced-gradient evaluations (displaced.py). It does not
+run the passes itself: ``next_pass()`` moves the parameters to where the next evaluation
+needs them and says whether there is one, and ``finish_pass(loss)`` takes the gradients
+that pass left. ``DEO.step(closure)`` runs the closure in between; ``DEO.first_step()`` and
+``DEO.second_step()`` let a training loop run its own passes. Both therefore take the same
+path, bit for bit.
+
+It reads and writes only what it is given: the parameters, their gradients, and the
+``DEOState`` (N, the rule's state, statistics and counters).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import dimer
-from .amp import record_overflow
-from .checkpoint import DIRECTION
+from . import escape
+from .config import DEOConfig
+from .dimer import Evaluations, Rotation, RuleSettings, blocks, working_dtype
+from .displaced import DisplacedGradients, InconsistentProbe, NonFiniteProbe
 from .distributed import copy_, dot
-from .probe_context import DisplacedGradients, InconsistentProbe, NonFiniteProbe
-
-if TYPE_CHECKING:
-    from .optimizer import DEO
+from .state import DEOState
 
 
-def rotate(opt: DEO, closure: Callable[[], Tensor], rng_before: dict, loss: Tensor | None,
-           scaler: torch.amp.GradScaler | None = None) -> bool:
-    """Rotate ``opt``'s N; False if a displaced loss or gradient was not finite, or if a
-    displaced loss disagreed with the gradients (``loss``: the main pass's, for that check)."""
-    rule = dimer.ROTATION_RULES[opt.rotation]
-    # Rotations are computed in the gradient's precision (at least float32). Oja's rule
-    # reads a narrower N as it is; the Ritz rule combines many vectors, so a bf16 N is
-    # widened for it (a transient copy).
-    params = opt._params()
-    precise = [working_dtype(p) for p in params]
-    working = opt.direction if opt.rotation == "oja" else as_dtypes(opt.direction, precise)
-    scale = None if scaler is None else float(scaler.get_scale())
-    with DisplacedGradients(params, closure, rng_before, opt.displacement,
-                            loss=loss, loss_scale=scale) as probe:
-        try:
-            result = rule(working, lambda v: as_dtypes(probe.hvp(v), precise),
-                          rule_state(opt), rotation_settings(opt, working))
-        except InconsistentProbe as mismatch:
-            skip_inconsistent_probe(opt, mismatch)
-            return True  # the step goes on; only the rotation is skipped
-        except NonFiniteProbe:
-            result = None
-        finally:
-            opt._probe_count += probe.count
-    if result is None:
-        if scaler is None:
-            skip_probe(opt)
-        else:  # loss scaling overflows now and then by design: no warning
-            opt._skipped_probes += 1
-            record_overflow(scaler, opt)
+@dataclass
+class StepPasses:
+    """One step's passes, from ``DEO.begin_step()`` to ``DEO.step()``: the RNG state before
+    the main pass (None off probe steps), the plan (probe, correct), the GradScaler, and the
+    probe step in progress."""
+
+    rng: dict | None
+    plan: tuple[bool, bool] | None = None
+    scaler: Any = None
+    probe: ProbeStep | None = None
+
+    def start_probe(self, params: list[Tensor], state: DEOState, config: DEOConfig,
+                    rule: Callable[..., Evaluations], loss: Any, main_scale: float) -> None:
+        if self.rng is None:
+            raise RuntimeError("DEO.first_step(): a probe step, but begin_step() was called "
+                               "before it became one; call it before the main pass")
+        scale = None if self.scaler is None else float(self.scaler.get_scale())
+        self.probe = ProbeStep(params, state, config, rule, self.rng, loss, scale=scale,
+                               main_scale=main_scale)
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+
+
+class ProbeStep:
+    """One probe step. ``outcome`` once done: "rotated", "skipped" (a non-finite loss or
+    gradient, N kept), "inconsistent" (the displaced loss disagreed, N kept) or "overflow"
+    (non-finite under a GradScaler: the whole step is to be skipped)."""
+
+    def __init__(self, params: list[Tensor], state: DEOState, config: DEOConfig,
+                 rule: Callable[..., Evaluations], rng_before: dict, loss: Any, *,
+                 scale: float | None = None, main_scale: float = 1.0) -> None:
+        self.params, self.state, self.config = params, state, config
+        self.displacement, self.rng_before, self.loss = config.displacement, rng_before, loss
+        self.scale, self.main_scale = scale, main_scale
+        self.settings = RuleSettings(budget=config.probes_per_update, lr=config.rotation_lr,
+                                     memory=config.hessian_memory, window=config.ritz_window,
+                                     blocks=tuple(map(tuple, blocks(params, config.scope))))
+        settings = self.settings
+        # Rotations are computed in the gradient's precision (at least float32). Oja's rule
+        # reads a narrower N as it is; the Ritz rule combines many vectors, so a bf16 N is
+        # widened for it (a transient copy).
+        self.precise = [working_dtype(p) for p in params]
+        working = state.direction if config.rotation == "oja" else \
+            as_dtypes(state.direction, self.precise)
+        self.evaluations: Evaluations | None = rule(working, state.rule, settings)
+        self.evaluator = self._evaluator(loss=loss)
+        self.vector: list[Tensor] | None = None  # of the rotation's next evaluation
+        self.trial: float | None = None  # the escape trial's signed length, while tried
+        self.outcome: str | None = None
+        self._advance(None)
+
+    @property
+    def done(self) -> bool:
+        return self.evaluations is None and self.trial is None
+
+    def next_pass(self) -> bool:
+        """Displace the parameters for the next evaluation; False when none is left."""
+        if self.vector is not None:
+            self.evaluator.displace(self.vector, self.displacement)
+            return True
+        if self.trial is not None:
+            self.evaluator.displace(self.state.direction, self.trial)
+            return True
         return False
-    # N and -N are the same direction to DEO. In tensor scope the concatenation of k unit
-    # blocks over sqrt(k) is a unit vector whose cosine is the mean of the blocks'.
-    old = opt.direction  # measured before N is overwritten: no copy of the old N
-    cosines = [dot([old[i] for i in b], [result.direction[i] for i in b]).abs()
-               for b in opt._blocks(old)]
-    opt._stats["angle"] = torch.arccos(torch.stack(cosines).mean().clamp(max=1.0))
-    copy_(old, result.direction)
-    store_rule_state(opt, result.state)
-    opt._stats["curvature"] = result.curvature
-    return True
 
+    def finish_pass(self, loss: Any = None) -> None:
+        """Take the gradients the displaced pass left (parameters and .grad restored)."""
+        if self.trial is not None:
+            self._finish_trial()
+            return
+        try:
+            product = self.evaluator.collect(loss)
+        except (InconsistentProbe, NonFiniteProbe) as failure:
+            self._fail(failure)
+            return
+        except BaseException:
+            self.close()
+            raise
+        self._advance(as_dtypes(product, self.precise))
 
-def rotation_settings(opt: DEO, tensors: list[Tensor]) -> dimer.RotationSettings:
-    return dimer.RotationSettings(budget=opt.probes_per_update, lr=opt.rotation_lr,
-                                  memory=opt.hessian_memory, window=opt.ritz_window,
-                                  blocks=opt._blocks(tensors))
+    def close(self) -> None:
+        """Restore parameters, gradients and RNG if a pass broke off (idempotent)."""
+        self.state.extra_gradients += self.evaluator.count
+        self.evaluator.count = 0
+        self.evaluator.close()
+        if self.evaluations is not None:
+            self.evaluations.close()
+            self.evaluations = None
+        self.vector, self.trial = None, None
 
+    # -- the rotation ------------------------------------------------------------------------
 
-def rule_state(opt: DEO) -> dict[str, Any]:
-    """The rule's carried state: per-parameter tensors as lists, scalars as they are."""
-    params = opt._params()
-    state: dict[str, Any] = dict(opt._rule_scalars)
-    for key in {k for p in params for k in opt.state[p] if k != DIRECTION}:
-        state[key] = [opt.state[p][key] for p in params]
-    return state
+    def _advance(self, product: list[Tensor] | None) -> None:
+        """Send the rule its product (None: start it); keep the vector it asks for next."""
+        try:
+            self.vector = next(self.evaluations) if product is None else \
+                self.evaluations.send(product)
+        except StopIteration as done:
+            self.vector = None
+            self._rotated(done.value)
+        except NonFiniteProbe as failure:  # a rule that evaluates for itself (the oracle)
+            self._fail(failure)
 
+    def _rotated(self, result: Rotation) -> None:
+        self._end_rotation()
+        state = self.state
+        state.extra_gradients += result.extra_gradients
+        # N and -N are the same direction to DEO. In tensor scope the concatenation of k unit
+        # blocks over sqrt(k) is a unit vector whose cosine is the mean of the blocks'.
+        old = state.direction  # measured before N is overwritten: no copy of the old N
+        cosines = [dot([old[i] for i in b], [result.direction[i] for i in b]).abs()
+                   for b in self.settings.blocks]
+        state.stats.angle = torch.arccos(torch.stack(cosines).mean().clamp(max=1.0))
+        copy_(old, result.direction)
+        state.rule = result.state
+        state.stats.curvature = result.curvature
+        self.outcome = "rotated"
+        self._start_trial()
 
-def store_rule_state(opt: DEO, state: dict[str, Any]) -> None:
-    params = opt._params()
-    for key, value in state.items():
-        if isinstance(value, list):
-            for p, v in zip(params, value):
-                opt.state[p][key] = v
-        elif value is None:
-            for p in params:
-                opt.state[p].pop(key, None)
+    def _fail(self, failure: ArithmeticError) -> None:
+        self._end_rotation()
+        self.state.extra_gradients += getattr(failure, "extra_gradients", 0)
+        if isinstance(failure, InconsistentProbe):
+            self.state.inconsistent_probes += 1
+            self.outcome = "inconsistent"
+            warn_once(self.state, "inconsistent", inconsistency_message(failure,
+                                                                          self.displacement))
+        elif self.scale is not None:  # loss scaling overflows now and then by design
+            self.outcome = "overflow"
+            return  # counted by the step, which is skipped (and may never come: the scaler)
         else:
-            opt._rule_scalars[key] = value
+            self.state.skipped_probes += 1
+            self.outcome = "skipped"
+            warn_once(self.state, "nonfinite", f"DEO: the probe saw a non-finite loss or "
+                      f"gradient ({failure}); the rotation was skipped and N kept as it was "
+                      f"(counted in stats['skipped_probes']; warned once).")
+        self._start_trial()  # the step goes on, and so does its escape step
+
+    def _end_rotation(self) -> None:
+        self.state.extra_gradients += self.evaluator.count
+        self.evaluator.count = 0
+        self.evaluator.close()
+        if self.evaluations is not None:
+            self.evaluations.close()
+        self.evaluations, self.vector = None, None
+
+    # -- the checked escape trial (escape.py) ------------------------------------------------
+
+    def _start_trial(self) -> None:
+        config, state = self.config, self.state
+        if not (config.escape_step > 0 and config.escape_rule == "checked"):
+            return
+        with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
+        curvature = float(state.stats.curvature)
+        length, state.escape = escape.plan_trial(state.escape, config, curvature,
+                                                 self.displacement)
+        if length is None or not with_grad:  # nothing to try, or nothing to descend along
+            return
+        self.with_grad = with_grad
+        self.slope = float(dot([self.params[i].grad for i in with_grad],
+                               [state.direction[i] for i in with_grad])) / self.main_scale
+        self.length, self.curvature = length, curvature
+        self.trial = -length if self.slope > 0 else length  # theta + trial N descends
+        self.evaluator = self._evaluator(loss=None)
+
+    def _finish_trial(self) -> None:
+        state, signed = self.state, self.trial
+        try:
+            change = self.evaluator.collect(check=False)  # (g' - g) / signed
+        except NonFiniteProbe:
+            change = None
+        finally:
+            self.evaluator.count = 0
+            self.evaluator.close()
+            self.trial = None
+        # counted once the evaluation is done: a pass that raised was no trial
+        state.escape_trials += 1
+        state.extra_gradients += 1
+        secant = None if change is None else float(dot(change, state.direction))
+        kept, state.escape = escape.judge_trial(state.escape, self.length, -abs(self.slope),
+                                                self.curvature, secant)
+        if not kept:
+            return
+        state.escapes += 1
+        with torch.no_grad():
+            torch._foreach_add_(self.params, list(state.direction), alpha=signed)
+            grads = [self.params[i].grad for i in self.with_grad]  # g' = g + t (g' - g) / t
+            torch._foreach_add_(grads, [change[i] for i in self.with_grad],
+                                alpha=signed * self.main_scale)
+
+    def _evaluator(self, loss: Any) -> DisplacedGradients:
+        scale = 1.0 if self.scale is None else self.scale
+        return DisplacedGradients(self.params, self.rng_before, loss=loss,
+                                  loss_scale=self.scale, main_scale=self.main_scale,
+                                  displaced_scale=scale).open()
 
 
-def reset_rule_state(opt: DEO) -> None:
-    """Forget the rule's carried state (not N): its next probe starts from N alone."""
-    for p in opt._params():
-        for key in [k for k in opt.state[p] if k != DIRECTION]:
-            del opt.state[p][key]
-    opt._rule_scalars = {}
-
-
-def skip_inconsistent_probe(opt: DEO, mismatch: InconsistentProbe) -> None:
-    opt._inconsistent_probes += 1
-    if not opt._warned_inconsistent:
-        opt._warned_inconsistent = True
-        warnings.warn(
-            f"DEO: the displaced loss disagrees with its first-order prediction from the "
+def inconsistency_message(mismatch: InconsistentProbe, displacement: float) -> str:
+    return (f"DEO: the displaced loss disagrees with its first-order prediction from the "
             f"gradients ({mismatch}); the closure most likely evaluated another batch on its "
             f"second call (a data loader or get_batch() inside the closure), or the "
-            f"displacement {opt.displacement:.3g} is too long for the loss to be near "
-            f"quadratic over it. The rotation was "
-            f"skipped (counted in stats['inconsistent_probes']; warned once). Draw the batch, "
-            f"and every micro-batch, before defining the closure.",
-            RuntimeWarning, stacklevel=4)
+            f"displacement {displacement:.3g} is too long for the loss to be near quadratic "
+            f"over it. The rotation was skipped (counted in stats['inconsistent_probes']; "
+            f"warned once). Draw the batch, and every micro-batch, before the passes.")
 
 
-def skip_probe(opt: DEO) -> None:
-    opt._skipped_probes += 1
-    if not opt._warned_nonfinite:
-        opt._warned_nonfinite = True
-        warnings.warn(
-            "DEO: the probe saw a non-finite loss or gradient; the rotation was skipped and "
-            "N kept as it was (counted in stats['skipped_probes']; warned once).",
-            RuntimeWarning, stacklevel=4)
+def warn_once(state: DEOState, kind: str, message: str) -> None:
+    if kind in state.warned:
+        return
+    state.warned.add(kind)
+    warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
-def as_dtypes(tensors: list[Tensor], like: list[Tensor] | list[torch.dtype]) -> list[Tensor]:
-    """Each tensor in the dtype of its reference (itself, not a copy, where it matches)."""
-    return [t.to(ref if isinstance(ref, torch.dtype) else ref.dtype)
-            for t, ref in zip(tensors, like)]
+def as_dtypes(tensors: list[Tensor], like: list[torch.dtype]) -> list[Tensor]:
+    """Each tensor in its dtype of ``like`` (itself, not a copy, where it matches)."""
+    return [t.to(dtype) for t, dtype in zip(tensors, like)]
 
-
-def working_dtype(p: Tensor) -> torch.dtype:
-    # N in at least float32: a unit vector over millions of entries has tiny components.
-    return torch.promote_types(p.dtype, torch.float32)

@@ -15,37 +15,36 @@ perturbed gradient descent is ours (pgd.py), since no maintained package has it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
+from ..config import FIELDS, DEOConfig, parse_overrides
 from ..optimizer import DEO
 from .oracle import OracleDEO
 from .pgd import PerturbedGD
 
 BASES = ("sgd", "adam", "adamw", "sophia", "pgd")
 ROTATIONS = ("oja", "ritz")
-DEO_SETTINGS = ("alpha", "interval", "displacement", "rotation_lr", "probes_per_update",
-                "hessian_memory", "ritz_window", "seed", "alpha_rule", "interval_rule", "trigger",
-                "escape_step", "escape_trust", "escape_rule")
 NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
          *(f"deo-{b}-ritz" for b in BASES if b != "pgd"))
-# The recommended DEO configuration (issue 7): each candidate was chosen on the saddle suite
-# and a 600-step run of the small GPT, frozen here, then judged by its runs everywhere else
-# (docs/open-questions.md). FIRST_FROZEN (Ritz rotation, a probe every 5 steps, the gradient's
-# component along N doubled where the paper reverses it (alpha = -1), and the negative-curvature
-# step s |C| with s = 0.25) escaped strict saddles 3-4x faster than SGD and diverged on the GPT
-# settings: the escape step's absolute length. SECOND_FROZEN checks each escape step
-# (escape_rule="checked", a trust region: deo/escape.py); it tied AdamW on the paper's GPTs and
-# ended 0.06 behind on the spike-prone one, where the alpha = -1 correction turned out to cost
-# it. THIRD_FROZEN drops the correction (alpha = 0) and keeps the checked escape step alone. It
-# was proposed after that finding, so it passed the same selection first
-# (results/third-round-selection/) and was frozen before its runs: the spike-prone GPT on fresh
-# seeds 3-5 and the 2000-iteration small and complex GPTs. It met the SGD saddle, spike-prone
-# and small-GPT targets, ended 0.004 behind AdamW on the complex GPT (0.009 over a fourth
-# seed), and is at least as good as SECOND_FROZEN on every language model: what we recommend.
+# The recommended DEO configuration (deo.recommended(), the same settings): each candidate was
+# chosen on the saddle suite and a 600-step run of the small GPT, frozen here, then judged by its
+# runs everywhere else (docs/open-questions.md). FIRST_FROZEN (Ritz rotation, a probe every 5
+# steps, the gradient's component along N doubled where the paper reverses it (alpha = -1), and the
+# negative-curvature step s |C| with s = 0.25) escaped strict saddles 3-4x faster than SGD and
+# diverged on the GPT settings: the escape step's absolute length. SECOND_FROZEN checks each escape
+# step (escape_rule="checked", a trust region: deo/escape.py); it tied AdamW on the paper's GPTs
+# and ended 0.06 behind on the spike-prone one, where the alpha = -1 correction turned out to cost
+# it. THIRD_FROZEN drops the correction (alpha = 0) and keeps the checked escape step alone. It was
+# proposed after that finding, so it passed the same selection first (results/third-round-
+# selection/) and was frozen before its runs: the spike-prone GPT on fresh seeds 3-5 and the
+# 2000-iteration small and complex GPTs. It met the SGD saddle, spike-prone and small-GPT targets,
+# ended 0.004 behind AdamW on the complex GPT (0.009 over a fourth seed), and is at least as good
+# as SECOND_FROZEN on every language model: what we recommend.
 FIRST_FROZEN = "alpha=-1,escape_step=0.25,interval=5"
 SECOND_FROZEN = "alpha=-1,escape_step=0.25,interval=5,escape_rule=checked"
 THIRD_FROZEN = "alpha=0,escape_step=0.25,interval=5,escape_rule=checked"
@@ -78,7 +77,7 @@ def parse_optimizer(name: str) -> OptimizerSpec:
     if head not in NAMES + ORACLE_NAMES:
         raise ValueError(f"optimizer: unknown name {head!r}; expected one of "
                          f"{list(NAMES + ORACLE_NAMES)}, "
-                         f"optionally followed by ':key=value,...' with keys {list(DEO_SETTINGS)}")
+                         f"optionally followed by ':key=value,...' with keys {list(FIELDS)}")
     if head in ORACLE_NAMES:
         base, rotation = head.removeprefix("deo-oracle-"), "oracle"
     elif head.startswith("deo-"):
@@ -86,13 +85,16 @@ def parse_optimizer(name: str) -> OptimizerSpec:
         rotation = rotation or "oja"
     else:
         base, rotation = head, None
-    options = {}
-    for item in filter(None, tail.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in DEO_SETTINGS or rotation is None:
-            raise ValueError(f"optimizer {name!r}: options are key=value with keys "
-                             f"{list(DEO_SETTINGS)}, for DEO variants only")
-        options[key] = _number(value)
+    if tail and rotation is None:
+        raise ValueError(f"optimizer {name!r}: options (':key=value,...') are for DEO "
+                         f"variants only")
+    try:
+        options = parse_overrides(tail)
+    except ValueError as error:
+        raise ValueError(f"optimizer {name!r}: {error}") from None
+    if "rotation" in options:
+        raise ValueError(f"optimizer {name!r}: the rotation is part of the name "
+                         f"(deo-<base> for oja, deo-<base>-ritz), not an option")
     return OptimizerSpec(name, base, rotation, options)
 
 
@@ -105,12 +107,12 @@ def build_optimizer(name: str, param_groups: list[dict[str, Any]], *, lr: float,
     base_cls, base_kwargs = _base(spec.base, lr, base_overrides or {})
     if spec.rotation is None:
         return base_cls(param_groups, **base_kwargs), spec
-    settings = {"displacement": displacement, **spec.options}
+    config = DEOConfig(displacement=displacement, max_grad_norm=max_grad_norm)
     if spec.rotation == "oracle":
-        return OracleDEO(param_groups, base=base_cls, max_grad_norm=max_grad_norm, **settings,
-                         **base_kwargs), spec
-    return DEO(param_groups, base=base_cls, rotation=spec.rotation,
-               max_grad_norm=max_grad_norm, **settings, **base_kwargs), spec
+        config = dataclasses.replace(config, **spec.options)
+        return OracleDEO(param_groups, base=base_cls, config=config, **base_kwargs), spec
+    config = dataclasses.replace(config, rotation=spec.rotation, **spec.options)
+    return DEO(param_groups, base=base_cls, config=config, **base_kwargs), spec
 
 
 def _base(base: str, lr: float, overrides: dict[str, Any]) -> tuple[type[Optimizer], dict]:
@@ -127,13 +129,3 @@ def _base(base: str, lr: float, overrides: dict[str, Any]) -> tuple[type[Optimiz
                               'pip install "deo[bench]"') from err
         return SophiaH, {"lr": lr, "betas": (0.965, 0.99), "update_period": 10}
     return PerturbedGD, {"lr": lr}
-
-
-def _number(text: str) -> int | float | str:
-    """'5' -> 5, '1e-3' -> 0.001, anything else (a policy name) stays a string."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text

@@ -1,6 +1,7 @@
 r"""The oracle control: DEO whose N is the exact minimum-curvature eigenvector (small models).
 
-``OracleDEO`` replaces DEO's finite-difference rotation by ground truth. On every probe step
+``OracleDEO`` replaces DEO's finite-difference rotation by ground truth: its rotation rule is
+``LanczosRule``. On every probe step
 (steps 0, interval, 2 interval, ...) it computes, on the current batch,
 
 .. math::
@@ -23,29 +24,30 @@ pass (the same dropout masks, so H is the Hessian of the function whose gradient
 that forward pass are restored. Parameters and ``.grad`` are never written.
 
 Statistics: ``curvature`` = :math:`\lambda_{\min}`; ``angle`` = arccos |N_old . N_new|;
-``probe_count`` grows by the gradient-equivalent passes of each probe: one gradient with
+``extra_gradients`` grows by the gradient-equivalent passes of each probe: one gradient with
 its graph (``create_graph``) plus one double backward per Hessian-vector product.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..distributed import copy_, dot
-from ..hessian import extreme_eigenpairs
-from ..optimizer import DEO
-from ..probe_context import (
+from ..dimer import Evaluations, Rotation, RuleSettings
+from ..displaced import (
     NonFiniteProbe,
     capture_rng_state,
     frozen_module_buffers,
     restore_rng_state,
 )
+from ..distributed import dot
+from ..hessian import extreme_eigenpairs
+from ..optimizer import DEO
+from ..state import OjaState
 
 LossFn = Callable[[], Tensor]
 
@@ -53,6 +55,66 @@ _MISSING_LOSS_FN = (
     "OracleDEO.step() needs loss_fn= on probe steps (this is step {step}, interval={interval}): "
     "the exact Hessian is taken of loss_fn(), a zero-argument callable that returns this "
     "step's batch loss without calling backward(). Call opt.step(closure, loss_fn=loss_fn).")
+
+
+class LanczosRule:
+    """The oracle's rotation rule: N := +-v_min of the exact Hessian of this step's batch.
+
+    A rule like dimer.py's, except that it asks for no displaced gradient: its Hessian-vector
+    products are exact (double backward of ``loss_fn``), and it reports their cost in
+    ``Rotation.extra_gradients``. ``prepare`` hands it this step's batch loss and the RNG
+    state of the main pass.
+    """
+
+    def __init__(self, tol: float, maxiter: int | None) -> None:
+        self.tol, self.maxiter, self.seed = tol, maxiter, 0
+        self.loss_fn: LossFn | None = None
+        self.rng_before: dict | None = None
+        self.params: list[Tensor] = []
+
+    def prepare(self, loss_fn: LossFn | None, rng_before: dict | None,
+                params: list[Tensor], seed: int = 0) -> None:
+        self.loss_fn, self.rng_before, self.params, self.seed = loss_fn, rng_before, params, seed
+
+    def __call__(self, direction: list[Tensor], state: OjaState,
+                 settings: RuleSettings) -> Evaluations:
+        yield from ()  # no displaced gradient: the products are exact
+        if self.loss_fn is None:
+            raise ValueError("LanczosRule: prepare(loss_fn, ...) was not called for this step")
+        old = [n.clone() for n in direction]
+        eig = self._exact_min_eigenpair(start=old)
+        new = [v.to(n.dtype) for v, n in zip(eig.v_min, old)]
+        if dot(old, new) < 0:  # N and -N are the same direction; keep the orientation DEO had
+            new = [-v for v in new]
+        curvature = torch.tensor(eig.lambda_min, dtype=old[0].dtype, device=old[0].device)
+        return Rotation(new, curvature, state, extra_gradients=1 + eig.matvecs)
+
+    def _exact_min_eigenpair(self, start: list[Tensor]):
+        """Lanczos on the batch Hessian, the loss evaluated as the main pass saw it."""
+        loss_fn, rng_before, rng_after = self.loss_fn, self.rng_before, capture_rng_state()
+
+        def replayed_loss() -> Tensor:
+            restore_rng_state(rng_before)  # the main pass's dropout masks
+            loss = loss_fn()
+            if not torch.isfinite(loss).all():
+                raise NonFiniteProbe("the batch loss is not finite")
+            return loss
+
+        failed = "Lanczos did not converge or saw a non-finite loss"
+        try:
+            with torch.enable_grad(), frozen_module_buffers():
+                eig = extreme_eigenpairs(replayed_loss, self.params, tol=self.tol,
+                                         maxiter=self.maxiter, seed=self.seed, start=start)
+        except (NonFiniteProbe, *_lanczos_failures()) as error:
+            raise NonFiniteProbe(failed) from error  # the products it used are not known
+        finally:
+            restore_rng_state(rng_after)
+        if not (math.isfinite(eig.lambda_min) and all(bool(v.isfinite().all())
+                                                      for v in eig.v_min)):
+            failure = NonFiniteProbe(failed)
+            failure.extra_gradients = 1 + eig.matvecs  # its products were made: counted
+            raise failure
+        return eig
 
 
 class OracleDEO(DEO):
@@ -74,11 +136,9 @@ class OracleDEO(DEO):
             raise ValueError("scope: OracleDEO computes one global N; use scope='global'")
         if not lanczos_tol > 0:
             raise ValueError(f"lanczos_tol: expected a float > 0, got {lanczos_tol!r}")
+        kwargs.pop("rotation", None)  # the rule is Lanczos whatever is asked
         super().__init__(params, base, **kwargs)
-        self.rotation = "oracle"  # read by settings(); DEO's rotation rules are never called
-        self.lanczos_tol = float(lanczos_tol)
-        self.lanczos_maxiter = lanczos_maxiter
-        self._loss_fn: LossFn | None = None
+        self.rule = LanczosRule(float(lanczos_tol), lanczos_maxiter)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, *, loss_fn: LossFn | None = None,
@@ -86,67 +146,15 @@ class OracleDEO(DEO):
         """DEO's step; ``loss_fn`` (required on probe steps) returns this batch's loss."""
         if self.probe_due() and loss_fn is None:
             raise ValueError(_MISSING_LOSS_FN.format(step=self.steps, interval=self.interval))
-        self._loss_fn = loss_fn
+        self.rule.prepare(loss_fn, capture_rng_state(), self._params(), self.config.seed)
         try:
             return super().step(closure, grad_scaler=grad_scaler)
         finally:
-            self._loss_fn = None  # never reuse another step's batch
-
-    def _probe(self, closure, rng_before: dict, loss=None, scaler=None) -> bool:
-        """N := +-v_min of the exact Hessian of this step's batch loss (closure unused)."""
-        if self._loss_fn is None:
-            raise ValueError(_MISSING_LOSS_FN.format(step=self.steps, interval=self.interval))
-        old = [n.clone() for n in self.direction]
-        eig = self._exact_min_eigenpair(rng_before, start=old)
-        if eig is None:
-            self._skip_oracle_probe()
-            return False
-        new = [v.to(n.dtype) for v, n in zip(eig.v_min, old)]
-        cos = dot(old, new)
-        if cos < 0:  # N and -N are the same direction; keep the orientation DEO had
-            new, cos = [-v for v in new], -cos
-        copy_(self.direction, new)
-        self._stats["curvature"] = torch.tensor(eig.lambda_min, dtype=old[0].dtype,
-                                                device=old[0].device)
-        self._stats["angle"] = torch.arccos(cos.clamp(max=1.0))
-        return True
-
-    def _exact_min_eigenpair(self, rng_before: dict, start: list[Tensor]):
-        """Lanczos on the batch Hessian, loss evaluated as the main pass saw it; None: failed."""
-        loss_fn, rng_after = self._loss_fn, capture_rng_state()
-
-        def replayed_loss() -> Tensor:
-            restore_rng_state(rng_before)  # the main pass's dropout masks
-            loss = loss_fn()
-            if not torch.isfinite(loss).all():
-                raise NonFiniteProbe("the batch loss is not finite")
-            return loss
-
-        try:
-            with torch.enable_grad(), frozen_module_buffers():
-                eig = extreme_eigenpairs(replayed_loss, self._params(), tol=self.lanczos_tol,
-                                         maxiter=self.lanczos_maxiter, seed=self.seed,
-                                         start=start)
-        except (NonFiniteProbe, *_lanczos_failures()):
-            return None
-        finally:
-            restore_rng_state(rng_after)
-        self._probe_count += 1 + eig.matvecs  # one gradient with graph, one pass per Hv
-        finite = math.isfinite(eig.lambda_min) and all(bool(v.isfinite().all())
-                                                        for v in eig.v_min)
-        return eig if finite else None
-
-    def _skip_oracle_probe(self) -> None:
-        self._skipped_probes += 1
-        if not self._warned_nonfinite:
-            self._warned_nonfinite = True
-            warnings.warn("OracleDEO: Lanczos did not converge or saw a non-finite loss; N kept "
-                          "as it was (counted in stats['skipped_probes']; warned once).",
-                          RuntimeWarning, stacklevel=4)
+            self.rule.prepare(None, None, [])  # never reuse another step's batch
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "lanczos_tol": self.lanczos_tol,
-                "lanczos_maxiter": self.lanczos_maxiter}
+        return {**super().settings(), "rotation": "oracle", "lanczos_tol": self.rule.tol,
+                "lanczos_maxiter": self.rule.maxiter}
 
 
 def _lanczos_failures() -> tuple[type[BaseException], ...]:

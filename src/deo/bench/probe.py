@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from ..optimizer import DEO
 from .data import CharCorpus, load_corpus
 from .files import describe_file, write_atomically
 from .models import GPT, gpt_config, math_attention
+from .recipe import PAPER_MIN_LR, PAPER_STEPS, cosine_lr, decay_groups
 
 
 @dataclass
@@ -42,28 +42,17 @@ class ProbeConfig:
     seed: int = 0
 
 
-def paper_lr(step: int, lr: float, warmup: int, total: int = 20000, min_lr: float = 1e-4):
-    """Linear warm-up, then cosine decay to ``min_lr`` at ``total`` (nanoGPT, the paper)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
 def train_gpt(corpus: CharCorpus, config: ProbeConfig) -> GPT:
     """The paper's recipe: AdamW, betas (0.9, 0.99), decay 0.1 on 2-D tensors, clip 1.0."""
     torch.manual_seed(config.seed)
     model = GPT(gpt_config(config.model, corpus.vocab_size, **config.model_overrides))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=config.lr, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(decay_groups(model.parameters(), 0.1), lr=config.lr,
+                            betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(config.seed)
     block = model.config.block_size
     for step in range(config.train_steps):
         for group in opt.param_groups:
-            group["lr"] = paper_lr(step, config.lr, config.warmup)
+            group["lr"] = cosine_lr(step, config.lr, PAPER_MIN_LR, config.warmup, PAPER_STEPS)
         x, y = corpus.get_batch("train", config.batch_size, block, gen)
         _, loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -90,12 +79,12 @@ def probe_rule(model: GPT, batch, rule: str, config: ProbeConfig, operator, trut
 
     trace, reached = [], None
     start = time.perf_counter()
-    while int(opt.stats["probe_count"]) < config.evaluations:
+    while int(opt.stats["extra_gradients"]) < config.evaluations:
         opt.step(closure)
         n = operator.flatten(opt.direction).double()
         rayleigh = float(n @ operator.matvec(n).double())  # exact N^T H N (double backward)
         cos = abs(hessian.cosine(opt.direction, truth.v_min))
-        point = {"evaluations": int(opt.stats["probe_count"]), "curvature_exact": rayleigh,
+        point = {"evaluations": int(opt.stats["extra_gradients"]), "curvature_exact": rayleigh,
                  "curvature_estimate": float(opt.curvature), "cos_v_min": cos}
         trace.append(point)
         if reached is None and cos >= 0.95 and \

@@ -93,7 +93,7 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     record.seconds_per_step = record.wall_time / max(1, len(losses))
     record.spikes = count_spikes(losses)
     record.gradient_evaluations = len(losses) + (
-        int(opt.stats["probe_count"]) if isinstance(opt, DEO) else 0)
+        int(opt.stats["extra_gradients"]) if isinstance(opt, DEO) else 0)
     record.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) \
         if device.type == "cuda" else peak_rss
     tail = losses[-max(1, len(losses) // 10):]
@@ -109,7 +109,7 @@ def _evaluate(task: Task, opt, step: int, record: RunRecord) -> None:
         stats = opt.stats
         record.deo.append({"step": step, **{k: float(stats[k]) for k in
                                             ("curvature", "angle", "grad_share",
-                                             "probe_count", "inconsistent_probes", "escapes",
+                                             "extra_gradients", "inconsistent_probes", "escapes",
                                              "escape_trials")}})
 
 

@@ -20,7 +20,7 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
     train_loss   [[step, loss], ...] every ``record_every`` steps (all steps for short runs)
     evals        [{"step": s, **metrics}, ...]; metrics include "loss" (the task's main
                  loss on held-out data, or the objective for saddle problems)
-    deo          [{"step": s, "curvature", "angle", "grad_share", "probe_count",
+    deo          [{"step": s, "curvature", "angle", "grad_share", "extra_gradients",
                   "inconsistent_probes", "escapes", "escape_trials"}, ...] or []
     final        {**last evaluation's metrics, "train_loss": mean of the last 10% of steps}
     escape_step  first step whose loss fell below task.escape_threshold, or None

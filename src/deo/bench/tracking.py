@@ -22,7 +22,7 @@ from ..optimizer import DEO
 from .data import load_corpus
 from .files import describe_file
 from .models import GPT, gpt_config, math_attention
-from .probe import paper_lr
+from .recipe import PAPER_MIN_LR, PAPER_STEPS, cosine_lr, decay_groups
 
 
 @dataclass
@@ -51,10 +51,8 @@ class TrackConfig:
 def build(config: TrackConfig, vocab_size: int) -> tuple[GPT, DEO]:
     torch.manual_seed(config.seed)
     model = GPT(gpt_config(config.model, vocab_size, **config.model_overrides))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = DEO([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-              base=torch.optim.AdamW, lr=config.lr, betas=(0.9, 0.99), alpha=config.alpha,
+    opt = DEO(decay_groups(model.parameters(), 0.1), base=torch.optim.AdamW, lr=config.lr,
+              betas=(0.9, 0.99), alpha=config.alpha,
               interval=config.interval, displacement=config.displacement,
               rotation=config.rotation, probes_per_update=config.probes_per_update,
               hessian_memory=config.hessian_memory, ritz_window=config.ritz_window,
@@ -79,7 +77,7 @@ def checkpoint_record(model: GPT, opt: DEO, eval_batch, config: TrackConfig, sta
             "curvature_eval": curvature, "ratio": curvature / truth.lambda_min,
             "cos_v_min": abs(hessian.cosine(n, truth.v_min)),
             "curvature_estimate": float(opt.curvature),
-            "probe_count": int(opt.stats["probe_count"]), "lanczos_matvecs": truth.matvecs,
+            "extra_gradients": int(opt.stats["extra_gradients"]), "lanczos_matvecs": truth.matvecs,
             "_start": [a + b for a, b in zip(truth.v_min, truth.v_max)]}
 
 
@@ -99,7 +97,8 @@ def track_training(config: TrackConfig, out: str | Path, log=print) -> list[dict
                    + "\n")
         for step in range(1, config.steps + 1):
             for group in opt.param_groups:
-                group["lr"] = paper_lr(step - 1, config.lr, config.warmup)
+                group["lr"] = cosine_lr(step - 1, config.lr, PAPER_MIN_LR, config.warmup,
+                                        PAPER_STEPS)
             x, y = corpus.get_batch("train", config.batch_size, block, train_gen)
 
             def closure(x=x, y=y):

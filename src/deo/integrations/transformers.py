@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from ..displaced import capture_rng_state, restore_rng_state
 from ..optimizer import DEO
-from ..probe_context import capture_rng_state, restore_rng_state
 
 try:
     from transformers import Trainer
