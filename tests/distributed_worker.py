@@ -41,7 +41,21 @@ CONFIGS = {
     "ddp-ritz-checked-escape": {"wrap": "ddp", "rotation": "ritz", "escape_rule": "checked"},
     "fsdp2-ritz-checked-escape": {"wrap": "fsdp2", "rotation": "ritz",
                                   "escape_rule": "checked"},
+    # the same runs with the passes in the training loop (begin_step/first_step/second_step):
+    # TWINS pairs each with its step(closure) config, which it must match bit for bit
+    "ddp-ritz-two-phase": {"wrap": "ddp", "rotation": "ritz", "max_grad_norm": 0.5,
+                           "two_phase": True},
+    "ddp-bucket-view-ritz-checked-escape-two-phase": {
+        "wrap": "ddp-bucket-view", "rotation": "ritz", "escape_rule": "checked",
+        "two_phase": True},
+    "ddp-bucket-view-ritz-checked-escape": {"wrap": "ddp-bucket-view", "rotation": "ritz",
+                                            "escape_rule": "checked"},
+    "fsdp2-ritz-two-phase": {"wrap": "fsdp2", "rotation": "ritz", "max_grad_norm": 0.5,
+                             "two_phase": True},
 }
+TWINS = {"ddp-ritz-two-phase": "ddp-ritz",
+         "ddp-bucket-view-ritz-checked-escape-two-phase": "ddp-bucket-view-ritz-checked-escape",
+         "fsdp2-ritz-two-phase": "fsdp2-ritz"}
 
 
 def fsdp2_available() -> bool:
@@ -127,7 +141,15 @@ def run_config(name: str, distributed: bool = False) -> dict:
             loss.backward()
             return loss
 
-        result["losses"].append(opt.step(closure).detach())
+        if config.get("two_phase"):  # the same passes, run by the loop instead of by DEO
+            opt.begin_step()
+            loss = closure()
+            while opt.first_step(loss):
+                opt.second_step(closure())
+            opt.step()
+        else:
+            loss = opt.step(closure)
+        result["losses"].append(loss.detach())
         result["params"].append(local(params))
         result["directions"].append(local(opt.direction))
     result["curvature"] = opt.curvature.clone()

@@ -152,6 +152,19 @@ def test_matches_one_process_on_the_global_batch(results, reference, name):
                 assert 0 < rank["escapes"][0] < trials
 
 
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_fsdp2) if n.startswith("fsdp2")
+                                  else n for n in worker.TWINS])
+def test_the_passes_in_the_loop_match_step_with_a_closure_bit_for_bit(results, name):
+    for two_phase, closure in zip(load(results, name), load(results, worker.TWINS[name])):
+        for key in ("params", "directions", "losses"):
+            for step, (a, b) in enumerate(zip(two_phase[key], closure[key])):
+                same = torch.equal(a, b) if key == "losses" else all(
+                    torch.equal(x, y) for x, y in zip(a, b))
+                assert same, f"{key} differ after step {step}"
+        assert two_phase["escapes"] == closure["escapes"]
+        assert two_phase["extra_gradients"] == closure["extra_gradients"]
+
+
 @pytest.mark.parametrize("name", DDP + [pytest.param(n, marks=needs_fsdp2) for n in FSDP2])
 def test_the_probe_turned_n_and_the_cheap_step_reads_no_tensor_value(results, name):
     ranks = load(results, name)
