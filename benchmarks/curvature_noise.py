@@ -23,8 +23,8 @@ import torch
 
 from deo import hessian
 from deo.bench.data import load_corpus
+from deo.bench.estimator import EstimatorConfig, train_gpt
 from deo.bench.models import math_attention
-from deo.bench.probe import ProbeConfig, train_gpt
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
                                              "curvature_noise.json"))
     args = parser.parse_args()
     corpus = load_corpus(args.data)
-    model = train_gpt(corpus, ProbeConfig(data=args.data, train_steps=args.train_steps))
+    model = train_gpt(corpus, EstimatorConfig(data=args.data, train_steps=args.train_steps))
     params = list(model.parameters())
     block = model.config.block_size
     eval_batch = corpus.get_batch("train", 96, block, torch.Generator().manual_seed(10_000))

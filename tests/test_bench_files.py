@@ -27,7 +27,7 @@ def refuse_work(monkeypatch):
     """Make the work itself fail loudly: the checks must stop the command before it."""
     def work(*args, **kwargs):
         raise AssertionError("the work started before the output was checked")
-    monkeypatch.setattr("deo.bench.probe.run_probe", work)
+    monkeypatch.setattr("deo.bench.estimator.run_estimator", work)
     monkeypatch.setattr("deo.bench.tracking.track_training", work)
     monkeypatch.setattr("deo.bench.runner.run_one", work)
 
@@ -37,7 +37,7 @@ def test_bench_probe_and_track_refuse_an_unwritable_out_before_any_work(blocked,
     refuse_work(monkeypatch)
     assert main(["bench", "--out", str(blocked), "--no-progress"]) == 2
     assert "--out" in capsys.readouterr().err
-    assert main(["probe", "--out", str(blocked / "probe.json")]) == 2
+    assert main(["estimator", "--out", str(blocked / "probe.json")]) == 2
     assert "--out" in capsys.readouterr().err
     assert main(["track", "--out", str(blocked / "track.jsonl")]) == 2
     assert "--out" in capsys.readouterr().err
@@ -45,7 +45,7 @@ def test_bench_probe_and_track_refuse_an_unwritable_out_before_any_work(blocked,
 
 def test_probe_refuses_a_folder_as_its_output_file(tmp_path, monkeypatch, capsys):
     refuse_work(monkeypatch)
-    assert main(["probe", "--out", str(tmp_path)]) == 2
+    assert main(["estimator", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
 
 

@@ -52,7 +52,7 @@ def test_paper_oja_default_does_not_converge_on_the_wide_spectrum():
     assert count is None
 
 
-def test_ritz_step_on_a_three_dimensional_problem_is_exact():
+def test_one_ritz_update_on_a_three_dimensional_problem_is_exact():
     """In 3 dimensions span{N, P, W} is the whole space: one step lands on v_min."""
     hessian, q = quadratic(torch.tensor([-2.0, 1.0, 5.0], dtype=torch.float64), seed=3)
     n = [torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64)]

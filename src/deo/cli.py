@@ -1,4 +1,4 @@
-"""The ``deo`` command: ``deo probe`` checks the curvature estimate against Lanczos."""
+"""The ``deo`` command: ``deo estimator`` checks the curvature estimate against Lanczos."""
 
 from __future__ import annotations
 
@@ -39,21 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--workers", type=_at_least(1), default=1, metavar="W",
                        help="runs at a time, each in its own process (default 1)")
-    probe = commands.add_parser(
-        "probe", help="compare each rotation rule's N with Lanczos ground truth",
+    estimator = commands.add_parser(
+        "estimator", help="compare each rotation rule's N with Lanczos ground truth",
         description="Train the character GPT with AdamW, fix a batch, compute its Hessian's "
                     "extreme eigenpairs by Lanczos, then turn N with each rotation rule on "
                     "that batch and report curvature along N and cos(N, v_min).")
-    probe.add_argument("--data", metavar="PATH", default=None,
+    estimator.add_argument("--data", metavar="PATH", default=None,
                        help="text file (default: the pydoc topics text that ships with Python)")
-    probe.add_argument("--model", choices=["small", "complex"], default="small")
-    probe.add_argument("--train-steps", type=_at_least(0), default=300, metavar="K")
-    probe.add_argument("--rules", type=_rules, default=("ritz", "oja"),
+    estimator.add_argument("--model", choices=["small", "complex"], default="small")
+    estimator.add_argument("--train-steps", type=_at_least(0), default=300, metavar="K")
+    estimator.add_argument("--rules", type=_rules, default=("ritz", "oja"),
                        help="comma-separated rotation rules (default: ritz,oja)")
-    probe.add_argument("--evaluations", type=_at_least(1), default=200, metavar="E",
+    estimator.add_argument("--evaluations", type=_at_least(1), default=200, metavar="E",
                        help="displaced-gradient evaluations per rule (default: 200)")
-    probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--out", metavar="FILE", default=None, help="write the results as JSON")
+    estimator.add_argument("--seed", type=int, default=0)
+    estimator.add_argument("--out", metavar="FILE", default=None, help="write the results as JSON")
 
     track = commands.add_parser(
         "track", help="record N against Lanczos ground truth during DEO training",
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench(args)
-    if args.command == "probe":
-        return _probe(args)
+    if args.command == "estimator":
+        return _estimator(args)
     if args.command == "track":
         return _track(args)
     parser.print_help()
@@ -126,18 +126,18 @@ def _preset(text: str) -> str:
 _USER_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, ValueError, ImportError)
 
 
-def _probe(args: argparse.Namespace) -> int:
+def _estimator(args: argparse.Namespace) -> int:
+    from .bench.estimator import EstimatorConfig, run_estimator  # heavy imports only when needed
     from .bench.files import ensure_writable_file
-    from .bench.probe import ProbeConfig, run_probe  # heavy imports only when needed
 
-    config = ProbeConfig(data=args.data, model=args.model, train_steps=args.train_steps,
+    config = EstimatorConfig(data=args.data, model=args.model, train_steps=args.train_steps,
                          rules=args.rules, evaluations=args.evaluations, seed=args.seed)
     try:
         if args.out is not None:  # minutes of work must not end in an unwritable file
             ensure_writable_file(args.out, "--out")
-        run_probe(config, out=args.out)
+        run_estimator(config, out=args.out)
     except _USER_ERRORS as err:
-        print(f"deo probe: error: {err}", file=sys.stderr)
+        print(f"deo estimator: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,9 +1,9 @@
-"""The paper's training recipe, shared by the language tasks, ``deo probe`` and ``deo track``.
+"""The paper's training recipe, shared by the language tasks, ``deo estimator`` and ``deo track``.
 
 :func:`cosine_lr` is nanoGPT's schedule (linear warm-up, then cosine decay to ``min_lr``) and
 :func:`decay_groups` its weight-decay split (decay on matrices and embeddings, none on norms
 and biases). ``PAPER_STEPS`` and ``PAPER_MIN_LR`` are the paper's run length and final lr
-(design.md, section 4), the schedule ``deo probe`` and ``deo track`` follow.
+(design.md, section 4), the schedule ``deo estimator`` and ``deo track`` follow.
 """
 
 from __future__ import annotations

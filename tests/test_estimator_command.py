@@ -1,20 +1,20 @@
-"""`deo probe`: ritz must find v_min of a real (tiny) GPT's Hessian; Lanczos is the judge."""
+"""`deo estimator`: ritz must find v_min of a real (tiny) GPT's Hessian; Lanczos is the judge."""
 
 import json
 
 import pytest
 
-from deo.bench.probe import ProbeConfig, run_probe
+from deo.bench.estimator import EstimatorConfig, run_estimator
 from deo.cli import main
 
-TINY = ProbeConfig(model_overrides={"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+TINY = EstimatorConfig(model_overrides={"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
                    train_steps=20, batch_size=4, lr=3e-3, warmup=5, evaluations=40)
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe") / "probe.json"
-    return run_probe(TINY, out=out, log=lambda line: None), out
+    return run_estimator(TINY, out=out, log=lambda line: None), out
 
 
 def test_ritz_finds_the_minimum_curvature_direction_and_oja_default_does_not(report):
@@ -44,14 +44,14 @@ def test_json_report_round_trips(report):
     assert not list(out.parent.glob("*.tmp"))  # written atomically, no temporary left
 
 
-def test_probe_command_reports_a_missing_data_file(tmp_path, capsys):
-    assert main(["probe", "--data", str(tmp_path / "missing.txt")]) == 2
+def test_estimator_command_reports_a_missing_data_file(tmp_path, capsys):
+    assert main(["estimator", "--data", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["probe", "--rules", "newton"],
-                                  ["probe", "--evaluations", "0"]])
-def test_probe_command_rejects_bad_arguments(argv, capsys):
+@pytest.mark.parametrize("argv", [["estimator", "--rules", "newton"],
+                                  ["estimator", "--evaluations", "0"]])
+def test_estimator_command_rejects_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2

@@ -1,4 +1,4 @@
-"""``deo probe``: does the dimer find the minimum-curvature direction? Ground truth decides.
+"""``deo estimator``: does the dimer find the minimum-curvature direction? Ground truth decides.
 
 Trains the paper's character GPT for a few hundred AdamW steps, fixes one batch, computes the
 extreme eigenpairs of that batch's Hessian by Lanczos (``deo.hessian``), then lets each
@@ -26,11 +26,11 @@ from .recipe import PAPER_MIN_LR, PAPER_STEPS, cosine_lr, decay_groups
 
 
 @dataclass
-class ProbeConfig:
+class EstimatorConfig:
     data: str | None = None  # text file; None: the offline default corpus
     model: str = "small"  # GPT preset (design.md, section 4)
     model_overrides: dict = field(default_factory=dict)  # e.g. a smaller width for tests
-    train_steps: int = 300  # AdamW steps before the probe
+    train_steps: int = 300  # AdamW steps before the measurement
     batch_size: int = 12
     lr: float = 1e-3
     warmup: int = 100
@@ -42,7 +42,7 @@ class ProbeConfig:
     seed: int = 0
 
 
-def train_gpt(corpus: CharCorpus, config: ProbeConfig) -> GPT:
+def train_gpt(corpus: CharCorpus, config: EstimatorConfig) -> GPT:
     """The paper's recipe: AdamW, betas (0.9, 0.99), decay 0.1 on 2-D tensors, clip 1.0."""
     torch.manual_seed(config.seed)
     model = GPT(gpt_config(config.model, corpus.vocab_size, **config.model_overrides))
@@ -62,7 +62,7 @@ def train_gpt(corpus: CharCorpus, config: ProbeConfig) -> GPT:
     return model
 
 
-def probe_rule(model: GPT, batch, rule: str, config: ProbeConfig, operator, truth) -> dict:
+def measure_rule(model: GPT, batch, rule: str, config: EstimatorConfig, operator, truth) -> dict:
     """Turn N with ``rule`` on ``batch`` (parameters frozen) and score it against ``truth``."""
     frozen = copy.deepcopy(model)
     x, y = batch
@@ -98,8 +98,8 @@ def probe_rule(model: GPT, batch, rule: str, config: ProbeConfig, operator, trut
             "trace": trace}
 
 
-def run_probe(config: ProbeConfig, out: str | Path | None = None, log=print) -> dict:
-    """Train, compute Lanczos ground truth on a fixed batch, probe each rule; write JSON."""
+def run_estimator(config: EstimatorConfig, out: str | Path | None = None, log=print) -> dict:
+    """Train, compute Lanczos ground truth on a fixed batch, measure each rule; write JSON."""
     corpus = load_corpus(config.data)
     started = time.perf_counter()
     model = train_gpt(corpus, config)
@@ -121,7 +121,7 @@ def run_probe(config: ProbeConfig, out: str | Path | None = None, log=print) -> 
         operator = hessian.HessianOperator(loss_fn, params)
         rules = []
         for rule in config.rules:
-            result = probe_rule(model, batch, rule, config, operator, truth)
+            result = measure_rule(model, batch, rule, config, operator, truth)
             rules.append(result)
             log(format_rule(result, truth.lambda_min))
     report = {"config": {**asdict(config), **describe_file(config.data)}, "corpus": corpus.name,
