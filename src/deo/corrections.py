@@ -85,24 +85,3 @@ def add_scaled_(xs: list[Tensor], ys: list[Tensor], coefficient: Tensor) -> None
         torch._foreach_add_(xs, torch._foreach_mul(ys, coefficient))
         return
     torch._foreach_addcmul_(xs, ys, [coefficient] * len(xs))
-
-
-def escape_along_negative_curvature_(params: list[Tensor], direction: list[Tensor],
-                                     projection: Tensor, curvature: Tensor,
-                                     scale: float, longest: float | None = None) -> None:
-    r"""The negative-curvature step: theta <- theta - sign(g . N) t N, in place, with
-    t = min(s max(-C, 0), ``longest``).
-
-    Where the curvature C along N is negative, the loss falls along both N and -N to second
-    order; the sign is chosen to descend to first order too (+N when g . N = 0). The step
-    length grows with |C|, as in the negative-curvature steps of saddle-escape methods (for
-    f = 1/2 C t^2 + rho/6 |t|^3 the best step is 2 |C| / rho; s stands for 2 / rho), up to
-    ``longest`` if given (a trust region: the curvature was measured over a finite distance).
-    Nothing moves where C >= 0 or C is NaN. No host sync.
-    """
-    length = scale * torch.clamp(-curvature, min=0.0).nan_to_num(0.0)
-    if longest is not None:
-        length = length.clamp(max=longest)
-    coefficient = torch.where(projection > 0, -length, length)
-    add_scaled_(params, direction, coefficient.to(projection.dtype))
-

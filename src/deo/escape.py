@@ -1,7 +1,7 @@
 r"""The checked negative-curvature step (``escape_rule="checked"``): a trial step along N that
 is kept only if the loss, as the gradients at both ends of the step measure it, fell.
 
-The plain rule (``"fixed"``, corrections.escape_along_negative_curvature_) trusts the
+The plain rule (``"fixed"``, ``escape_along_negative_curvature_``) trusts the
 quadratic model that the probe measured over dR and moves ``s |C|`` along N: on strict
 saddles that is the right step; on a language model, where C is large and negative over dR
 but the loss is far from quadratic over s |C|, it is a jump of several units that wrecks the
@@ -38,6 +38,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import torch
+from torch import Tensor
+
+from .corrections import add_scaled_
 from .state import EscapeState
 
 if TYPE_CHECKING:
@@ -97,3 +101,23 @@ def judge_trial(state: EscapeState, length: float, slope: float, curvature: floa
     and the trial's secant curvature C_t (None: the trial's gradient was not finite)."""
     ratio = -math.inf if secant is None else trust_ratio(slope, curvature, secant, length)
     return not ratio < ACCEPT, EscapeState(radius=next_radius(state.radius, length, ratio))
+
+
+def escape_along_negative_curvature_(params: list[Tensor], direction: list[Tensor],
+                                     projection: Tensor, curvature: Tensor,
+                                     scale: float, longest: float | None = None) -> None:
+    r"""The negative-curvature step: theta <- theta - sign(g . N) t N, in place, with
+    t = min(s max(-C, 0), ``longest``).
+
+    Where the curvature C along N is negative, the loss falls along both N and -N to second
+    order; the sign is chosen to descend to first order too (+N when g . N = 0). The step
+    length grows with |C|, as in the negative-curvature steps of saddle-escape methods (for
+    f = 1/2 C t^2 + rho/6 |t|^3 the best step is 2 |C| / rho; s stands for 2 / rho), up to
+    ``longest`` if given (a trust region: the curvature was measured over a finite distance).
+    Nothing moves where C >= 0 or C is NaN. No host sync.
+    """
+    length = scale * torch.clamp(-curvature, min=0.0).nan_to_num(0.0)
+    if longest is not None:
+        length = length.clamp(max=longest)
+    coefficient = torch.where(projection > 0, -length, length)
+    add_scaled_(params, direction, coefficient.to(projection.dtype))

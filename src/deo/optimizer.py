@@ -13,9 +13,9 @@ from torch.optim import Optimizer
 from . import arguments, checkpoint, dimer, policies
 from .amp import finite_after_unscale, main_grads_scale, record_overflow
 from .config import FIELDS, DEOConfig, with_overrides
-from .corrections import clip_, correct_and_clip_, escape_along_negative_curvature_
+from .corrections import clip_, correct_and_clip_
 from .displaced import capture_rng_state
-from .escape import longest_step
+from .escape import escape_along_negative_curvature_, longest_step
 from .probe_step import StepPasses
 from .state import RULE_STATES, DEOState, Statistics
 

@@ -3,7 +3,7 @@ r"""Policies beyond the paper: how strongly to correct, when to probe, and when 
 The paper fixes all three: alpha is a constant, a probe comes every ``interval`` steps, and
 every step is corrected. Each alternative here is one small function or one small class,
 chosen in ``DEO`` by one argument (``alpha_rule``, ``interval_rule``, ``trigger``); the
-negative-curvature step (``escape_step``) is in corrections.py and escape.py. Each takes
+negative-curvature step (``escape_step``, both rules) is in escape.py. Each takes
 its state explicitly and returns the new state. The math:
 
 alpha_rule
