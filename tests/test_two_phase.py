@@ -156,11 +156,23 @@ def test_misuse_raises_a_clear_error_and_leaves_the_parameters_intact():
     opt.begin_step()
     assert opt.first_step(loss)  # the parameters are displaced now
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(RuntimeError, match="already displaced"):
+        opt.first_step(loss)  # twice without the pass between
     with pytest.raises(RuntimeError, match="second_step"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(RuntimeError, match="no displaced pass"):
         opt.second_step()
+    opt.zero_grad()
+    opt.begin_step()
+    loss = forward_backward(model, batches)
+    assert opt.first_step(loss)
+    opt.second_step(forward_backward(model, batches))
+    with pytest.raises(RuntimeError, match="no displaced pass"):
+        opt.second_step()  # twice: the parameters are back at theta
+    assert not opt.first_step(loss)
+    opt.step()
+    assert opt.steps == 1
 
 
 def test_a_displaced_pass_that_raises_is_undone_by_the_next_begin_step():

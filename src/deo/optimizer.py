@@ -160,7 +160,7 @@ class DEO(Optimizer):
     def second_step(self, loss: Any = None) -> None:
         """After a displaced pass: take its gradients; parameters and .grad are restored."""
         probe = self._passes.probe if self._passes is not None else None
-        if probe is None or probe.done:
+        if probe is None or not probe.in_pass:
             raise RuntimeError("DEO.second_step(): no displaced pass is in progress "
                                "(first_step() returned False or was not called)")
         probe.finish_pass(loss)
@@ -197,8 +197,9 @@ class DEO(Optimizer):
         probe = passes.probe
         if probe is not None and not probe.done:
             probe.close()
-            raise RuntimeError("DEO.step(): a displaced pass is still in progress: call "
-                               "opt.second_step() after it (the parameters are restored now)")
+            raise RuntimeError("DEO.step(): this probe step's passes are not finished: call "
+                               "opt.second_step() after each displaced pass, until "
+                               "opt.first_step() returns False (the parameters are restored)")
         if probe is not None and probe.outcome == "overflow":
             self.deo_state.skipped_probes += 1
             record_overflow(passes.scaler, self)

@@ -81,14 +81,27 @@ class ProbeStep:
         self.vector: list[Tensor] | None = None  # of the rotation's next evaluation
         self.trial: float | None = None  # the escape trial's signed length, while tried
         self.outcome: str | None = None
-        self._advance(None)
+        try:
+            self._advance(None)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def done(self) -> bool:
+        """Whether the step needs no further displaced pass."""
         return self.evaluations is None and self.trial is None
+
+    @property
+    def in_pass(self) -> bool:
+        """Whether the parameters are displaced for a pass that ``finish_pass`` awaits."""
+        return self.evaluator.length is not None
 
     def next_pass(self) -> bool:
         """Displace the parameters for the next evaluation; False when none is left."""
+        if self.in_pass:
+            raise RuntimeError("DEO.first_step(): the parameters are already displaced; run "
+                               "the displaced pass, then opt.second_step()")
         if self.vector is not None:
             self.evaluator.displace(self.vector, self.displacement)
             return True
@@ -114,13 +127,8 @@ class ProbeStep:
 
     def close(self) -> None:
         """Restore parameters, gradients and RNG if a pass broke off (idempotent)."""
-        self.state.extra_gradients += self.evaluator.count
-        self.evaluator.count = 0
-        self.evaluator.close()
-        if self.evaluations is not None:
-            self.evaluations.close()
-            self.evaluations = None
-        self.vector, self.trial = None, None
+        self._end_rotation()
+        self.trial = None
 
     # -- the rotation ------------------------------------------------------------------------
 
@@ -171,6 +179,7 @@ class ProbeStep:
         self._start_trial()  # the step goes on, and so does its escape step
 
     def _end_rotation(self) -> None:
+        """Count the evaluations, restore what a pass in progress changed, stop the rule."""
         self.state.extra_gradients += self.evaluator.count
         self.evaluator.count = 0
         self.evaluator.close()
