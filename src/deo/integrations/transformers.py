@@ -5,15 +5,14 @@ The Trainer runs forward and backward for every micro-batch of an optimizer step
 on probe steps. ``DEOTrainer`` supplies it:
 
 - on a step where ``DEO.probe_due()`` (a scheduled probe, or every step with
-  ``trigger="spike"``), ``training_step`` records each micro-batch, its loss and, before the
-  first, the RNG state; the Trainer's own passes are the probe's main pass (the closure's
-  first call returns their summed loss), so DEO costs the paper's one extra forward and
-  backward per probe;
+  ``trigger="spike"``), ``training_step`` calls ``deo.begin_step()`` before the first
+  micro-batch and records each micro-batch and its loss; the Trainer's own passes are the
+  probe's main pass, so DEO costs the paper's one extra forward and backward per probe;
 - ``create_optimizer`` wraps the optimizer the Trainer builds (``args.optim``, its weight
   decay groups, or the one passed as ``optimizers=``) in DEO, whose ``step()`` without a
-  closure asks the trainer for one: it replays the recorded micro-batches through
-  ``training_step`` with the recorded RNG state (the same dropout masks) at the displaced
-  parameters;
+  closure first runs DEO's passes in the loop: ``while deo.first_step(loss)`` it replays the
+  recorded micro-batches through ``training_step`` (DEO replays the RNG state, so the same
+  dropout masks) at the displaced parameters, then ``deo.second_step()``;
 - ``TrainingArguments.max_grad_norm`` (1.0 by default) moves into DEO's ``max_grad_norm``: the
   Trainer would clip the main gradient but not the displaced one; DEO clips after the
   correction. The Trainer then clips nothing (it still logs the gradient norm).
@@ -26,12 +25,10 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..displaced import capture_rng_state, restore_rng_state
 from ..optimizer import DEO
 
 try:
@@ -46,14 +43,14 @@ __all__ = ["DEOTrainer"]
 
 
 class _TrainerDEO(DEO):
-    """DEO whose ``step()`` without a closure takes the one its DEOTrainer records."""
+    """DEO whose ``step()`` without a closure first runs its trainer's displaced passes."""
 
-    _closure_source: Callable[[], Callable[[], Any] | None] | None = None
+    _trainer: weakref.ref | None = None
 
     def step(self, closure=None, **kwargs):
-        if closure is None and self._closure_source is not None:
-            source = self._closure_source()  # a weakref.WeakMethod: the trainer
-            closure = source() if source is not None else None
+        trainer = self._trainer() if self._trainer is not None else None
+        if closure is None and trainer is not None:
+            trainer._run_displaced_passes()
         return super().step(closure, **kwargs)
 
 
@@ -62,10 +59,9 @@ class DEOTrainer(Trainer):
 
     Args:
         *args, **kwargs: as for ``transformers.Trainer``.
-        deo_kwargs: DEO's own settings (``alpha``, ``interval``, ``displacement``,
-            ``rotation``, ...); the base optimizer and its hyperparameters come from the
-            TrainingArguments as usual. ``max_grad_norm`` defaults to
-            ``args.max_grad_norm``.
+        deo_kwargs: DEO's own settings (``config``, ``alpha``, ``interval``, ...); the base
+            optimizer and its hyperparameters come from the TrainingArguments as usual.
+            ``max_grad_norm`` defaults to ``args.max_grad_norm``.
 
     ``trainer.deo`` is the DEO instance once training has started (``trainer.deo.stats``).
     """
@@ -85,9 +81,8 @@ class DEOTrainer(Trainer):
             self.args = copy.copy(self.args)
             object.__setattr__(self.args, "max_grad_norm", 0.0)
         self.deo: DEO | None = None
-        self._deo_batches: list[tuple] = []
+        self._deo_batches: list[tuple] = []  # this probe step's micro-batches and losses
         self._deo_losses: list[torch.Tensor] = []
-        self._deo_rng: dict | None = None
         self._deo_replaying = False
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
@@ -99,7 +94,7 @@ class DEOTrainer(Trainer):
                 "DEOTrainer builds DEO itself, around the Trainer's optimizer: pass the base "
                 "optimizer (or nothing) as optimizers=, and DEO's settings as deo_kwargs=")
         self.optimizer = self.deo = _TrainerDEO(None, base=optimizer, **self.deo_kwargs)
-        self.deo._closure_source = weakref.WeakMethod(self._probe_closure)
+        self.deo._trainer = weakref.ref(self)
         return self.optimizer
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any,
@@ -107,34 +102,28 @@ class DEOTrainer(Trainer):
         deo = self.deo
         recording = not self._deo_replaying and deo is not None and deo.probe_due()
         if recording:
-            if not self._deo_batches:
-                self._deo_rng = capture_rng_state()
+            if not self._deo_batches:  # the step's first micro-batch: before its main pass
+                deo.begin_step()
             self._deo_batches.append((model, inputs, args, kwargs))
         loss = super().training_step(model, inputs, *args, **kwargs)
         if recording:
             self._deo_losses.append(loss.detach())
         return loss
 
-    def _probe_closure(self) -> Callable[[], Any] | None:
-        """The closure for this step's DEO.step(): None on cheap steps."""
-        batches, rng, main_losses = self._deo_batches, self._deo_rng, self._deo_losses
-        self._deo_batches, self._deo_rng, self._deo_losses = [], None, []
+    def _run_displaced_passes(self) -> None:
+        """The Trainer has run the main pass over this step's micro-batches: run them again
+        at every displaced point DEO asks for (its passes in the loop, deo.first_step)."""
+        batches, losses = self._deo_batches, self._deo_losses
+        self._deo_batches, self._deo_losses = [], []
         if not batches:
-            return None
-        calls = []
-
-        def closure() -> torch.Tensor | None:
-            calls.append(None)
-            if len(calls) == 1:  # DEO's main pass: the Trainer's passes left it in .grad
-                return torch.stack([loss.float() for loss in main_losses]).sum()
-            restore_rng_state(rng)  # the masks of the Trainer's pass over these batches
+            return  # a cheap step
+        main_loss = torch.stack([loss.float() for loss in losses]).sum()
+        while self.deo.first_step(main_loss):
             self.deo.zero_grad(set_to_none=True)
             self._deo_replaying = True
             try:
-                losses = [self.training_step(model, inputs, *args, **kwargs)
-                          for model, inputs, args, kwargs in batches]
+                replayed = [self.training_step(model, inputs, *args, **kwargs)
+                            for model, inputs, args, kwargs in batches]
             finally:
                 self._deo_replaying = False
-            return torch.stack([loss.detach().float() for loss in losses]).sum()
-
-        return closure
+            self.deo.second_step(torch.stack([loss.detach().float() for loss in replayed]).sum())
