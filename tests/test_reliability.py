@@ -422,3 +422,28 @@ def test_state_dict_hooks_fire_as_on_a_plain_optimizer():
     assert "tag" in sd and "deo" in sd  # the post hook's result is what state_dict returns
     opt.load_state_dict(sd)  # the pre hook's result is what loads
     assert fired == ["save-pre", "save-post", "load-pre", "load-post"]
+
+
+def test_a_checkpoint_in_the_first_release_layout_loads_as_todays():
+    """deo 0.1.0 wrote the counters, the rule's scalars and the policies' state under other
+    keys; such a checkpoint resumes exactly as one written now."""
+    settings = {"rotation": "ritz", "interval": 2, "interval_rule": "angle",
+                "escape_step": 0.5, "escape_rule": "checked"}
+    model, opt, sd = saved_run(**settings)
+    state = opt.deo_state
+    old = copy.deepcopy(sd)
+    old["deo"] = {"steps": state.steps, "probe_count": state.extra_gradients,
+                  "skipped_probes": state.skipped_probes,
+                  "inconsistent_probes": state.inconsistent_probes,
+                  "stats": sd["deo"]["stats"], "rule_scalars": sd["deo"]["rule"],
+                  "policies": {"next_probe": state.schedule.next_probe,
+                               "probe_gap": state.schedule.probe_gap,
+                               "spikes": sd["deo"]["spikes"],
+                               "escape": {"radius": state.escape.radius, "kept": state.escapes,
+                                          "tried": state.escape_trials}},
+                  "settings": sd["deo"]["settings"]}
+    from_old, from_new = fresh(model, **settings), fresh(model, **settings)
+    from_old.load_state_dict(old)
+    from_new.load_state_dict(sd)
+    assert repr(from_old.deo_state) == repr(from_new.deo_state)
+    assert from_old.deo_state.schedule.next_probe == state.schedule.next_probe > 0

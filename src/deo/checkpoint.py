@@ -51,7 +51,7 @@ def from_state_dict(state_dict: dict[str, Any], current: DEOState, params: list[
     """The ``DEOState`` and the seed saved in ``state_dict``, checked against this optimizer:
     raises ValueError, naming what is wrong, before anything is changed."""
     _check_is_deo(state_dict)
-    saved = state_dict["deo"]
+    saved = upgraded(state_dict["deo"])
     missing = [key for key in REQUIRED if key not in saved]
     if missing:
         raise ValueError(f"load_state_dict: the 'deo' entry lacks {missing}; nothing was loaded")
@@ -71,6 +71,26 @@ def from_state_dict(state_dict: dict[str, Any], current: DEOState, params: list[
                          f"nothing was loaded") from error
     loaded.warned = current.warned
     return loaded, seed
+
+
+def upgraded(saved: dict[str, Any]) -> dict[str, Any]:
+    """The ``"deo"`` entry of a checkpoint written before ``DEOState`` (deo 0.1.0 with
+    ``probe_count``, ``rule_scalars`` and ``policies``) in today's layout; others as they are.
+    Its per-parameter entries (``deo_direction``, the Ritz vectors) have not changed."""
+    if "policies" not in saved and "probe_count" not in saved:
+        return saved
+    policies = saved.get("policies", {})
+    escape = policies.get("escape", {})
+    renamed = {"extra_gradients": saved.get("probe_count", 0),
+               "rule": dict(saved.get("rule_scalars", {})),
+               "schedule": {key: policies[key] for key in ("next_probe", "probe_gap")
+                            if key in policies},
+               "spikes": dict(policies.get("spikes", {})),
+               "escape": {"radius": escape["radius"]} if "radius" in escape else {},
+               "escapes": escape.get("kept", 0), "escape_trials": escape.get("tried", 0)}
+    kept = {k: v for k, v in saved.items()
+            if k not in ("probe_count", "rule_scalars", "policies")}
+    return {**kept, **renamed}
 
 
 def adopt(current: DEOState, loaded: DEOState) -> DEOState:
