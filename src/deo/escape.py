@@ -36,16 +36,13 @@ gradients and so takes the same decision, and a closure may return a scaled loss
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from .config import DEOConfig
 from .corrections import add_scaled_
 from .state import EscapeState
-
-if TYPE_CHECKING:
-    from .config import DEOConfig
 
 ACCEPT = 0.1  # rho below this: the step is undone
 EXPAND = 0.75  # rho above this: the model held, the radius may grow to twice the step

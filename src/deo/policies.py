@@ -33,16 +33,14 @@ trigger (hybrid DEO)
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .arguments import loss_value
+from .config import DEOConfig
 from .state import Schedule, SpikeTrigger
-
-if TYPE_CHECKING:
-    from .config import DEOConfig
 
 ANGLE_STILL = 0.05  # radians: N barely moved, probe less often
 ANGLE_MOVING = 0.5  # radians: N is still turning, probe more often
