@@ -157,3 +157,16 @@ def test_parallel_workers_record_the_same_runs_as_one_process(tmp_path):
 def test_parallel_workers_need_picklable_task_factories(tmp_path):
     with pytest.raises(ValueError, match="workers > 1"):
         run_bench(runs([]), tmp_path, progress=False, workers=2)
+
+
+def test_records_carry_the_main_pass_gradient_norm_and_the_olmo_spike_scores():
+    """alpha=0 DEO takes AdamW's steps bit for bit, so its recorded gradient norms are
+    AdamW's only if the displaced passes (every step here) are left out of them."""
+    plain = run_one(Bowl(), "adamw", 0, progress=False)
+    wrapped = run_one(Bowl(), "deo-adamw:alpha=0,interval=1", 0, progress=False)
+    assert len(plain.grad_norm) == Bowl.steps
+    assert plain.grad_norm == wrapped.grad_norm
+    # |g| = |x - 1| at x = 0 on the first step
+    assert plain.grad_norm[0] == [0, pytest.approx(3 ** 0.5)]
+    assert plain.spike_score_loss is None  # 20 steps: fewer than the 100 a score needs
+    assert json.loads(json.dumps(plain.to_json()))["spike_score_grad_norm"] is None

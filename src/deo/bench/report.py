@@ -216,7 +216,8 @@ def escape_steps(runs: Sequence[Run]) -> list[int]:
 
 def ok_values(runs: Sequence[Run], key: str, scale: float = 1.0) -> list[float]:
     """A top-level number of the runs that finished ("ok"), divided by ``scale``."""
-    return [run[key] / scale for run in runs if run.get("status") == "ok" and key in run]
+    return [run[key] / scale for run in runs if run.get("status") == "ok"
+            and isinstance(run.get(key), (int, float))]
 
 
 def results_table(runs: RunsByOptimizer, saddle: bool) -> list[str]:
@@ -230,6 +231,7 @@ def results_table(runs: RunsByOptimizer, saddle: bool) -> list[str]:
         ("train loss", lambda g: _cell(spread(final_values(g, "train_loss")))),
         *([("escape step", _escape_cell)] if saddle else []),
         ("spikes", lambda g: _cell(spread(ok_values(g, "spikes")))),
+        ("spike score", lambda g: _cell(spread(ok_values(g, "spike_score_loss")))),
         ("s/step", lambda g: _cell(spread(ok_values(g, "seconds_per_step")))),
         ("grad evals", lambda g: _cell(spread(ok_values(g, "gradient_evaluations")))),
         ("peak MiB", lambda g: _cell(spread(ok_values(g, "peak_memory_bytes", MIB)))),

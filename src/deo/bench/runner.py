@@ -26,6 +26,7 @@ from ..optimizer import DEO
 from .files import ensure_writable_folder, folder_lock
 from .optimizers import build_optimizer
 from .oracle import OracleDEO
+from .stability import olmo_spike_score
 from .task import RESULTS_FILE, RunRecord, Task, count_spikes, read_results, run_key
 
 
@@ -46,6 +47,7 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
     record_every = max(1, task.steps // 2000)
     losses: list[float] = []
+    norms: list[float] = []  # the main pass's gradient norm, every step
     peak_rss = _resident_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -55,11 +57,15 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
         for group, scale in zip(opt.param_groups, scales):
             group["lr"] = task.lr_at(step) * scale
         loss_fn = task.loss_fn(step)
+        calls = []
 
-        def closure(loss_fn=loss_fn):
+        def closure(loss_fn=loss_fn, calls=calls):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn()
             loss.backward(create_graph=spec.needs_create_graph)
+            if not calls:  # the main pass (DEO's displaced passes call it again)
+                norms.append(_grad_norm(params))
+            calls.append(None)
             return loss
 
         with warnings.catch_warnings():  # SophiaH's create_graph: grads are reset every step
@@ -77,6 +83,7 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
         losses.append(value)
         if step % record_every == 0:
             record.train_loss.append([step, value])
+            record.grad_norm.append([step, norms[-1]])
         if record.escape_step is None and task.escape_threshold is not None \
                 and value < task.escape_threshold:
             record.escape_step = step
@@ -92,6 +99,8 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     record.wall_time = time.perf_counter() - started
     record.seconds_per_step = record.wall_time / max(1, len(losses))
     record.spikes = count_spikes(losses)
+    record.spike_score_loss = _finite_or_none(olmo_spike_score(losses))
+    record.spike_score_grad_norm = _finite_or_none(olmo_spike_score(norms))
     record.gradient_evaluations = len(losses) + (
         int(opt.stats["extra_gradients"]) if isinstance(opt, DEO) else 0)
     record.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) \
@@ -101,6 +110,16 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
                     "train_loss": sum(tail) / len(tail)}
     record.final.pop("step", None)
     return record
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) \
+        if grads else 0.0
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _evaluate(task: Task, opt, step: int, record: RunRecord) -> None:

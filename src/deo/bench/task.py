@@ -25,6 +25,12 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
     final        {**last evaluation's metrics, "train_loss": mean of the last 10% of steps}
     escape_step  first step whose loss fell below task.escape_threshold, or None
     spikes       count of steps with loss >= 2x the (positive) mean of the previous 100 steps
+    grad_norm    [[step, |g|], ...] like train_loss: the main pass's gradient norm, before
+                 any correction or clipping
+    spike_score_loss, spike_score_grad_norm
+                 OLMo 2's spike score of every step's loss and gradient norm (stability.py:
+                 the share of steps >= 7 sigma above the mean of the previous 1000); None
+                 where too few steps were scored
     status       "ok", "diverged" (non-finite loss; the run stops there) or "error: ..." (the
                  run raised; --resume runs it again)
     wall_time, seconds_per_step, gradient_evaluations
@@ -98,6 +104,9 @@ class RunRecord:
     final: dict[str, float] = field(default_factory=dict)
     escape_step: int | None = None
     spikes: int = 0
+    grad_norm: list[list[float]] = field(default_factory=list)
+    spike_score_loss: float | None = None
+    spike_score_grad_norm: float | None = None
     status: str = "ok"
     wall_time: float = 0.0
     seconds_per_step: float = 0.0

@@ -1,0 +1,85 @@
+r"""Stability metrics the field uses, so that claims about loss spikes are measured one way.
+
+``olmo_spike_score`` (OLMo 2, arXiv 2501.00656)
+    The share of steps whose value is at least ``sigmas`` (7) standard deviations above the
+    mean of the ``window`` (1000) values before it, on the training loss or the gradient
+    norm:
+
+    .. math::
+        s = \frac{1}{|I|} \sum_{t \in I} [\, x_t \ge \mu_t + 7 \sigma_t \,], \qquad
+        \mu_t, \sigma_t \text{ over } x_{t-w}, \dots, x_{t-1} .
+
+    I holds the steps with at least ``min_history`` values before them (runs shorter than
+    the window are scored on what they have). A non-finite value ends the scored part: a
+    diverged run is counted among the divergences, not as a spike.
+
+``count_spikes`` (task.py)
+    The bench's rule: a loss >= 2x the mean of the previous 100.
+
+``lr_sensitivity`` (Wortsman et al. 2023, arXiv 2309.14322)
+    Over a log grid of learning rates, the mean of min(final(eta), initial) minus the best
+    final loss of the grid: 0 when every learning rate ends at the best loss, up to
+    initial - best when only one trains. A diverged run counts as the initial loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+OLMO_WINDOW = 1000
+OLMO_SIGMAS = 7.0
+MIN_HISTORY = 100  # values before a step is scored: a spread needs some history
+
+
+def spike_steps(values: Sequence[float], window: int = OLMO_WINDOW,
+                sigmas: float = OLMO_SIGMAS, min_history: int = MIN_HISTORY) -> list[int]:
+    """The steps ``olmo_spike_score`` counts as spikes (indices into ``values``)."""
+    _check_window(window, min_history)
+    spikes = []
+    total = squares = 0.0
+    for t, value in enumerate(values):
+        if not math.isfinite(value):
+            break
+        if t >= min_history:
+            n = min(t, window)
+            mean = total / n
+            spread = math.sqrt(max(squares / n - mean * mean, 0.0))
+            if value > mean and value >= mean + sigmas * spread:
+                spikes.append(t)
+        total += value
+        squares += value * value
+        if t >= window:  # the value leaving the window
+            old = values[t - window]
+            total -= old
+            squares -= old * old
+    return spikes
+
+
+def olmo_spike_score(values: Sequence[float], window: int = OLMO_WINDOW,
+                     sigmas: float = OLMO_SIGMAS, min_history: int = MIN_HISTORY) -> float:
+    """The share of scored steps that are spikes (see the module doc); NaN if none is scored."""
+    finite = next((t for t, v in enumerate(values) if not math.isfinite(v)), len(values))
+    scored = finite - min_history
+    if scored <= 0:
+        return math.nan
+    return len(spike_steps(values, window, sigmas, min_history)) / scored
+
+
+def lr_sensitivity(final_losses: Mapping[float, float], initial_loss: float) -> float:
+    """Wortsman et al.'s LR sensitivity of one optimizer over a grid {lr: final loss}."""
+    if not final_losses:
+        raise ValueError("final_losses: expected at least one learning rate, got none")
+    if not math.isfinite(initial_loss):
+        raise ValueError(f"initial_loss: expected a finite number, got {initial_loss!r}")
+    capped = [min(loss, initial_loss) if math.isfinite(loss) else initial_loss
+              for loss in final_losses.values()]
+    return sum(capped) / len(capped) - min(capped)
+
+
+def _check_window(window: int, min_history: int) -> None:
+    if not (isinstance(window, int) and window >= 2):
+        raise ValueError(f"window: expected an integer >= 2, got {window!r}")
+    if not (isinstance(min_history, int) and 2 <= min_history <= window):
+        raise ValueError(f"min_history: expected an integer in [2, window={window}], "
+                         f"got {min_history!r}")

@@ -1,0 +1,62 @@
+"""The stability metrics on hand-made series whose answers are known."""
+
+import math
+import random
+
+import pytest
+
+from deo.bench.stability import lr_sensitivity, olmo_spike_score, spike_steps
+
+
+def noise(steps, level=1.0, spread=0.01, seed=0):
+    rng = random.Random(seed)
+    return [level + rng.gauss(0.0, spread) for _ in range(steps)]
+
+
+def test_the_injected_spikes_and_only_they_are_found():
+    values = noise(3000)
+    for t in (1500, 2000, 2500):
+        values[t] += 0.5  # 50 sigma
+    values[2200] += 0.05  # 5 sigma: below the threshold
+    assert spike_steps(values) == [1500, 2000, 2500]
+    assert olmo_spike_score(values) == pytest.approx(3 / (3000 - 100))
+
+
+def test_smooth_training_curves_and_gaussian_noise_have_no_spikes():
+    assert olmo_spike_score(noise(5000)) == 0.0
+    assert olmo_spike_score([4.0 * math.exp(-t / 500) + 1.0 for t in range(3000)]) == 0.0
+
+
+def test_a_level_shift_counts_until_the_window_has_adapted_to_it():
+    """A jump from 1 to 2 that stays: with k of the window's 1000 values at 2, the spread is
+    sqrt(p (1 - p)) with p = k / 1000, so 2 stays 7 sigma above the mean while p <= 1/50."""
+    values = [1.0] * 1200 + [2.0] * 800
+    found = spike_steps(values)
+    assert found == list(range(1200, 1200 + len(found))) and len(found) in (20, 21)
+
+
+def test_the_score_ends_where_a_run_diverged_and_short_runs_score_what_they_have():
+    values = noise(600)
+    values[400] += 1.0
+    values[500] = math.nan
+    assert spike_steps(values) == [400]
+    assert olmo_spike_score(values) == pytest.approx(1 / (500 - 100))
+    assert math.isnan(olmo_spike_score(noise(50)))  # nothing to score yet
+
+
+def test_lr_sensitivity_is_wortsmans_formula():
+    # capped at the initial loss 4: [1.0, 0.5, 4.0 (diverged), 4.0 (worse than initial)]
+    finals = {1e-3: 1.0, 1e-2: 0.5, 1e-1: math.nan, 3e-1: 7.0}
+    assert lr_sensitivity(finals, 4.0) == pytest.approx((1.0 + 0.5 + 4.0 + 4.0) / 4 - 0.5)
+    assert lr_sensitivity({1e-3: 0.7, 1e-2: 0.7}, 4.0) == 0.0  # every lr as good as the best
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: spike_steps([1.0] * 10, window=1), "window"),
+    (lambda: spike_steps([1.0] * 10, window=100, min_history=200), "min_history"),
+    (lambda: lr_sensitivity({}, 1.0), "final_losses"),
+    (lambda: lr_sensitivity({1e-3: 1.0}, math.nan), "initial_loss"),
+])
+def test_bad_arguments_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
