@@ -170,3 +170,16 @@ def test_records_carry_the_main_pass_gradient_norm_and_the_olmo_spike_scores():
     assert plain.grad_norm[0] == [0, pytest.approx(3 ** 0.5)]
     assert plain.spike_score_loss is None  # 20 steps: fewer than the 100 a score needs
     assert json.loads(json.dumps(plain.to_json()))["spike_score_grad_norm"] is None
+
+
+@pytest.mark.parametrize("name", ["spam", "stablespam", "stableadamw", "adopt"])
+def test_stability_baselines_are_pytorch_optimizers_with_its_defaults_but_the_lr(name):
+    from pytorch_optimizer import load_optimizer
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt, spec = build_optimizer(name, [{"params": [p]}], lr=3e-3)
+    reference = load_optimizer(name)([torch.nn.Parameter(torch.zeros(3))], lr=3e-3)
+    assert type(opt) is type(reference) and spec.rotation is None
+    assert {k: v for k, v in opt.defaults.items()} == reference.defaults
+    record = run_one(Bowl(), name, 0, progress=False)
+    assert record.status == "ok" and record.final["loss"] < 1.5  # 1.5 at the start

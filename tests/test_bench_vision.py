@@ -172,3 +172,22 @@ def test_deo_steps_through_the_task_contract(cls):
     opt = step_task_with_deo(task)
     assert int(opt.stats["extra_gradients"]) >= 2
     assert all(math.isfinite(value) for value in task.evaluate().values())
+
+
+def test_the_slingshot_task_is_full_batch_adam_without_regularisation():
+    from deo.bench.optimizers import build_optimizer
+    from deo.bench.vision import Slingshot
+
+    task = Slingshot(steps=5, train_size=50, hidden=16, layers=2, eps=1e-6)
+    task.setup(0, torch.device("cpu"))
+    assert len(task.batch_indices(0)) == len(task.batch_indices(3)) == 50  # every image
+    assert sorted(task.batch_indices(1).tolist()) == list(range(50))
+    linear = [m for m in task._model if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(64, 16), (16, 16), (16, 10)]
+    opt, _ = build_optimizer("adamw", task.param_groups(), lr=task.lr,
+                             base_overrides=task.base_overrides)
+    group = opt.param_groups[0]
+    assert group["weight_decay"] == 0.0 and group["betas"] == (0.9, 0.999)
+    assert group["eps"] == 1e-6
+    with pytest.raises(ValueError, match="train_size"):
+        Slingshot(train_size=10**6).setup(0, torch.device("cpu"))

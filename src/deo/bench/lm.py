@@ -31,7 +31,8 @@ class CharLM(Task):
                  steps: int = 20000, eval_every: int = 250, eval_iters: int = 20,
                  batch_size: int = 12, block_size: int = 64, lr: float = 1e-3,
                  min_lr: float = 1e-4, warmup: int = 100, weight_decay: float = 0.1,
-                 max_grad_norm: float | None = 1.0, betas: tuple[float, float] | None = None):
+                 max_grad_norm: float | None = 1.0, betas: tuple[float, float] | None = None,
+                 eps: float | None = None):
         if model not in MODELS:
             raise ValueError(f"model: expected one of {list(MODELS)}, got {model!r}")
         for key, value in (("steps", steps), ("eval_every", eval_every),
@@ -48,8 +49,9 @@ class CharLM(Task):
         self.batch_size, self.block_size = batch_size, block_size
         self.lr, self.min_lr, self.warmup, self.weight_decay = lr, min_lr, warmup, weight_decay
         self.max_grad_norm = max_grad_norm
-        # adam/adamw betas for this task (the spike setting uses beta2 = 0.999)
-        self.base_overrides = {"betas": list(betas)} if betas is not None else {}
+        # adam/adamw betas and eps for this task (the spike setting uses beta2 = 0.999)
+        self.base_overrides = {**({"betas": list(betas)} if betas is not None else {}),
+                               **({"eps": float(eps)} if eps is not None else {})}
         self.deo_displacement = None
 
     def check(self) -> None:

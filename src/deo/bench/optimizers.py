@@ -1,6 +1,8 @@
 """Optimizers by name, as configs and the report spell them.
 
     sgd, adam, adamw, sophia, pgd          the baselines
+    spam, stablespam, stableadamw, adopt   stability-oriented baselines (pytorch-optimizer,
+                                           their documented defaults but the lr)
     deo-<base>                             DEO in the paper's mode (rotation "oja", its defaults)
     deo-<base>-ritz                        DEO with the scale-free Ritz rotation
     deo-oracle-<base>                      N from Lanczos on the exact batch Hessian (oracle.py;
@@ -9,7 +11,8 @@
                                            e.g. "deo-adamw:interval=5", "deo-adamw:alpha=1",
                                            "deo-sgd-ritz:alpha_rule=curvature,escape_step=0.25"
 
-Baselines come from torch.optim and the maintained pytorch-optimizer package (SophiaH);
+Baselines come from torch.optim and the maintained pytorch-optimizer package (SophiaH, the
+stability optimizers);
 perturbed gradient descent is ours (pgd.py), since no maintained package has it.
 """
 
@@ -57,6 +60,8 @@ def recommended(base: str, settings: str = RECOMMENDED) -> str:
 
 
 ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("sgd", "adam", "adamw"))  # not in NAMES: slow
+# pytorch-optimizer's stability-oriented optimizers, baselines of the stability presets only
+STABILITY_BASELINES = ("spam", "stablespam", "stableadamw", "adopt")
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,9 @@ class OptimizerSpec:
 def parse_optimizer(name: str) -> OptimizerSpec:
     """'deo-adamw-ritz:interval=5' -> OptimizerSpec(base='adamw', rotation='ritz', {...})."""
     head, _, tail = name.partition(":")
-    if head not in NAMES + ORACLE_NAMES:
-        raise ValueError(f"optimizer: unknown name {head!r}; expected one of "
-                         f"{list(NAMES + ORACLE_NAMES)}, "
+    known = NAMES + ORACLE_NAMES + STABILITY_BASELINES
+    if head not in known:
+        raise ValueError(f"optimizer: unknown name {head!r}; expected one of {list(known)}, "
                          f"optionally followed by ':key=value,...' with keys {list(FIELDS)}")
     if head in ORACLE_NAMES:
         base, rotation = head.removeprefix("deo-oracle-"), "oracle"
@@ -119,7 +124,8 @@ def _base(base: str, lr: float, overrides: dict[str, Any]) -> tuple[type[Optimiz
     if base == "sgd":
         return torch.optim.SGD, {"lr": lr, "momentum": 0.9}
     if base in ("adam", "adamw"):
-        kwargs = {"lr": lr, "betas": tuple(overrides.get("betas", (0.9, 0.99)))}
+        kwargs = {"lr": lr, "betas": tuple(overrides.get("betas", (0.9, 0.99))),
+                  **({"eps": float(overrides["eps"])} if "eps" in overrides else {})}
         return (torch.optim.Adam if base == "adam" else torch.optim.AdamW), kwargs
     if base == "sophia":
         try:
@@ -128,4 +134,11 @@ def _base(base: str, lr: float, overrides: dict[str, Any]) -> tuple[type[Optimiz
             raise ImportError('optimizer "sophia" needs pytorch-optimizer: '
                               'pip install "deo[bench]"') from err
         return SophiaH, {"lr": lr, "betas": (0.965, 0.99), "update_period": 10}
+    if base in STABILITY_BASELINES:
+        try:
+            from pytorch_optimizer import load_optimizer
+        except ImportError as err:
+            raise ImportError(f'optimizer "{base}" needs pytorch-optimizer: '
+                              f'pip install "deo[bench]"') from err
+        return load_optimizer(base), {"lr": lr}
     return PerturbedGD, {"lr": lr}

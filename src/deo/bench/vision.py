@@ -63,13 +63,16 @@ class _DigitsTask(Task):
     """Data, batching and evaluation shared by the digits classifiers; subclasses build the
     network (input (B, 1, 8, 8), output (B, 10) logits)."""
 
-    def __init__(self, steps: int, batch_size: int, lr: float, eval_every: int):
+    def __init__(self, steps: int, batch_size: int, lr: float, eval_every: int,
+                 train_size: int | None = None):
         check_int("steps", steps, 1)
         check_int("batch_size", batch_size, 1)
         check_int("eval_every", eval_every, 1)
         check_positive("lr", lr, finite=False)
+        if train_size is not None:
+            check_int("train_size", train_size, 1)
         self.steps, self.batch_size, self.lr = steps, batch_size, float(lr)
-        self.eval_every = eval_every
+        self.eval_every, self.train_size = eval_every, train_size
         self.deo_displacement = None
 
     def _build_model(self) -> nn.Module:
@@ -77,6 +80,11 @@ class _DigitsTask(Task):
 
     def setup(self, seed: int, device: torch.device) -> None:
         train_x, train_y, test_x, test_y = load_digits_split()
+        if self.train_size is not None:  # the first images of the fixed split
+            if self.train_size > len(train_y):
+                raise ValueError(f"train_size: expected at most {len(train_y)} (the training "
+                                 f"images), got {self.train_size}")
+            train_x, train_y = train_x[:self.train_size], train_y[:self.train_size]
         if self.batch_size > len(train_y):
             raise ValueError(f"batch_size: expected at most {len(train_y)} (the training "
                              f"images), got {self.batch_size}")
@@ -139,6 +147,36 @@ class DigitsMLP(_DigitsTask):
     def _build_model(self) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(64, self.hidden),
                              ACTIVATIONS[self.activation](), nn.Linear(self.hidden, NUM_CLASSES))
+
+
+class Slingshot(DigitsMLP):
+    r"""The Slingshot setting (Thilak et al. 2022, arXiv 2206.04817, their Figure 1): a ReLU
+    network fitted full-batch to a few training images with Adam and no regularisation, long
+    after the training loss reaches ~0. Adam then spikes in cycles: the last layer's norm
+    grows fast, the training loss jumps by orders of magnitude, then settles again. They use
+    200 CIFAR-10 images; here 200 digits, 64 -> 256 -> 256 -> 10, lr 1e-3, betas (0.9, 0.999),
+    no weight decay; what AdamW does here: benchmarks/results/stability_search_cpu.md.
+    """
+
+    name = "slingshot"
+
+    def __init__(self, *, steps: int = 40000, lr: float = 1e-3, train_size: int = 200,
+                 hidden: int = 256, layers: int = 2, eval_every: int = 1000,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None):
+        super().__init__(hidden=hidden, activation="relu", steps=steps, batch_size=train_size,
+                         lr=lr, eval_every=eval_every)
+        check_int("layers", layers, 1)
+        check_int("train_size", train_size, 1)
+        self.train_size, self.layers = train_size, layers
+        self.base_overrides = {"betas": list(betas), **({"eps": eps} if eps else {})}
+
+    def _build_model(self) -> nn.Module:
+        sizes = [64] + [self.hidden] * self.layers
+        blocks = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+        return nn.Sequential(nn.Flatten(), *blocks, nn.Linear(sizes[-1], NUM_CLASSES))
+
+    def param_groups(self) -> list[dict[str, Any]]:  # no weight decay: it damps slingshots
+        return [{"params": list(self._model.parameters()), "weight_decay": 0.0}]
 
 
 class DigitsCNN(_DigitsTask):
