@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 Rotation = Literal["oja", "ritz"]
+Target = Literal["min", "max"]
 Scope = Literal["global", "tensor"]
 AlphaRule = Literal["fixed", "curvature"]
 IntervalRule = Literal["fixed", "angle"]
@@ -50,6 +51,10 @@ class DEOConfig:
         rotation_lr: step size of the ``"oja"`` rotation, >= 0 (paper: 1e-3).
         rotation: how N turns: ``"oja"`` (the paper's rule, correct sign) or ``"ritz"``
             (Rayleigh-Ritz, no step size, ``scope="global"``).
+        target: which end of the spectrum N tracks: ``"min"`` (the paper: the
+            minimum-curvature direction) or ``"max"`` (the maximum-curvature direction, where
+            steps that are too long make the loss spike; with 0 < alpha <= 1 the correction
+            then damps the gradient along it by the factor 1 - alpha).
         probes_per_update: displaced-gradient evaluations per probe step, an integer >= 1.
         hessian_memory: ``"ritz"`` only, in [0, 1): weight of earlier batches in the carried
             Hessian products.
@@ -77,6 +82,7 @@ class DEOConfig:
     displacement: float | None = None
     rotation_lr: float = 1e-3
     rotation: Rotation = "oja"
+    target: Target = "min"
     probes_per_update: int = 1
     hessian_memory: float = 0.0
     ritz_window: int = 1
@@ -233,6 +239,12 @@ def _check_numbers(c: DEOConfig) -> None:
 def _check_combinations(c: DEOConfig) -> None:
     if c.rotation == "ritz" and c.scope != "global":
         raise ValueError("scope: rotation='ritz' works on one global N; use scope='global'")
+    if c.alpha_rule == "curvature" and c.target != "min":
+        raise ValueError("alpha_rule: 'curvature' corrects only while N's curvature is "
+                         "negative, which N tracks with target='min'; use target='min'")
+    if c.escape_step > 0 and c.target != "min":
+        raise ValueError("escape_step: the negative-curvature step needs N at the minimum "
+                         "curvature; use target='min'")
     if c.escape_step > 0 and c.scope != "global":
         raise ValueError("escape_step: the negative-curvature step moves along one global N; "
                          "use scope='global'")

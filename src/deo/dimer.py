@@ -139,6 +139,7 @@ class RuleSettings:
     memory: float = 0.0  # ritz: weight of past batches in the carried Hessian products
     window: int = 1  # ritz: batches whose H W is averaged before each Ritz update
     blocks: tuple[tuple[int, ...], ...] = ()  # oja: index blocks sharing one unit N
+    largest: bool = False  # turn N towards the MAXIMUM-curvature direction instead
 
 
 @dataclass
@@ -168,8 +169,12 @@ def oja_rule(direction: list[Tensor], state: OjaState, settings: RuleSettings) -
     transient memory stays at the saved parameters plus one gradient-sized buffer.
 
     The curvature returned is the one measured at the last evaluation (before its rotation);
-    with several blocks (``scope="tensor"``), the minimum over blocks.
+    with several blocks (``scope="tensor"``), the minimum over blocks. With
+    ``settings.largest`` the step is N <- normalize(N - lr F), ascent on the Rayleigh
+    quotient, which turns N towards the maximum-curvature direction (the maximum over blocks
+    is returned).
     """
+    lr = -settings.lr if settings.largest else settings.lr
     curvatures: list[Tensor] = []
     for _ in range(settings.budget):
         hn = yield direction
@@ -178,10 +183,11 @@ def oja_rule(direction: list[Tensor], state: OjaState, settings: RuleSettings) -
             n_b, h_b = [direction[i] for i in block], [hn[i] for i in block]
             curv = curvature(n_b, h_b)
             curvatures.append(curv)
-            for i, rotated in zip(block, rotate_oja_(h_b, n_b, curv, settings.lr)):
+            for i, rotated in zip(block, rotate_oja_(h_b, n_b, curv, lr)):
                 new[i] = rotated
         direction = new
-    return Rotation(direction, torch.stack(curvatures).min(), state)
+    extreme = torch.stack(curvatures)
+    return Rotation(direction, extreme.max() if settings.largest else extreme.min(), state)
 
 
 def ritz_rule(direction: list[Tensor], state: RitzState,
@@ -213,7 +219,8 @@ def ritz_rule(direction: list[Tensor], state: RitzState,
         hw = fresh if hw is None else _running_mean(hw, fresh, samples)
         samples += 1
         if samples >= settings.window:
-            direction, hn, prev, hprev = ritz_update(basis + [w], products + [hw])
+            direction, hn, prev, hprev = ritz_update(basis + [w], products + [hw],
+                                                     settings.largest)
             w, hw, samples = None, None, 0
     new_state = RitzState(hvp=hn, previous=prev, hvp_previous=hprev, expansion=w,
                           hvp_expansion=hw, samples=samples, phase=phase)
@@ -253,9 +260,11 @@ def residual_direction(basis: list[list[Tensor]], products: list[list[Tensor]]):
     return residual
 
 
-def ritz_update(basis: list[list[Tensor]], products: list[list[Tensor]]):
-    """The lowest Ritz vector of an orthonormal basis as the new N, the rest of the move as P."""
-    y = lowest_ritz_vector(basis, products)
+def ritz_update(basis: list[list[Tensor]], products: list[list[Tensor]],
+                largest: bool = False):
+    """The lowest (``largest``: highest) Ritz vector of an orthonormal basis as the new N, the
+    rest of the move as P."""
+    y = lowest_ritz_vector(basis, products, largest)
     y = y * torch.where(y[0] < 0, -1.0, 1.0)  # keep the orientation of N (sign is free)
     new_n, new_hn = _combine(basis, y), _combine(products, y)
     scale = norm(new_n)
@@ -270,11 +279,13 @@ def ritz_update(basis: list[list[Tensor]], products: list[list[Tensor]]):
     return new_n, new_hn, new_p, new_hp
 
 
-def lowest_ritz_vector(basis: list[list[Tensor]], products: list[list[Tensor]]) -> Tensor:
-    """y minimising y^T T y / y^T y, T_ij = b_i . H b_j (symmetrised), for an orthonormal basis."""
+def lowest_ritz_vector(basis: list[list[Tensor]], products: list[list[Tensor]],
+                       largest: bool = False) -> Tensor:
+    """y minimising (``largest``: maximising) y^T T y / y^T y, T_ij = b_i . H b_j
+    (symmetrised), for an orthonormal basis."""
     t = gram(basis, products).double()
     _, vectors = torch.linalg.eigh(0.5 * (t + t.T))
-    return vectors[:, 0]
+    return vectors[:, -1 if largest else 0]
 
 
 def _append_unit(basis, products, v, hv, shortest: float = 1e-6) -> None:

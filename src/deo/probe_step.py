@@ -68,7 +68,8 @@ class ProbeStep:
         self.scale, self.main_scale = scale, main_scale
         self.settings = RuleSettings(budget=config.probes_per_update, lr=config.rotation_lr,
                                      memory=config.hessian_memory, window=config.ritz_window,
-                                     blocks=tuple(map(tuple, blocks(params, config.scope))))
+                                     blocks=tuple(map(tuple, blocks(params, config.scope))),
+                                     largest=config.target == "max")
         settings = self.settings
         # Rotations are computed in the gradient's precision (at least float32). Oja's rule
         # reads a narrower N as it is; the Ritz rule combines many vectors, so a bf16 N is
