@@ -183,3 +183,28 @@ def test_stability_baselines_are_pytorch_optimizers_with_its_defaults_but_the_lr
     assert {k: v for k, v in opt.defaults.items()} == reference.defaults
     record = run_one(Bowl(), name, 0, progress=False)
     assert record.status == "ok" and record.final["loss"] < 1.5  # 1.5 at the start
+
+
+def test_adamw_remedies_change_one_thing_each(monkeypatch):
+    spec = parse_optimizer("adamw-clip1")
+    assert (spec.base, spec.rotation, spec.remedy) == ("adamw", None, {"max_grad_norm": 1.0})
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt, _ = build_optimizer("adamw-beta2-0.95", [{"params": [p]}], lr=1e-3)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+    with pytest.raises(ValueError, match="DEO variants only"):
+        parse_optimizer("adamw-clip1:alpha=1")
+    clips = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm: clips.append(max_norm) or real_clip(params,
+                                                                                     max_norm))
+    run_one(Bowl(), "adamw", 0, progress=False)
+    assert clips == []  # the task does not clip
+    run_one(Bowl(), "adamw-clip1", 0, progress=False)
+    assert clips == [1.0] * Bowl.steps
+    # AdamW's first step moves each coordinate by its lr (the moments cancel), from x = 0
+    # towards 1: 0.1 without warm-up; 0.05 with 2 warm-up steps of 20 (10%)
+    plain = run_one(Bowl(), "adamw", 0, progress=False)
+    warm = run_one(Bowl(), "adamw-warmup10", 0, progress=False)
+    assert plain.train_loss[1][1] == pytest.approx(0.5 * 3 * 0.9 ** 2)
+    assert warm.train_loss[1][1] == pytest.approx(0.5 * 3 * 0.95 ** 2)

@@ -3,6 +3,8 @@
     sgd, adam, adamw, sophia, pgd          the baselines
     spam, stablespam, stableadamw, adopt   stability-oriented baselines (pytorch-optimizer,
                                            their documented defaults but the lr)
+    adamw-clip1, adamw-beta2-0.95,         AdamW with one standard remedy against spikes:
+    adamw-warmup10                         clipping at 1.0, beta2 0.95, a 10% linear warm-up
     deo-<base>                             DEO in the paper's mode (rotation "oja", its defaults)
     deo-<base>-ritz                        DEO with the scale-free Ritz rotation
     deo-oracle-<base>                      N from Lanczos on the exact batch Hessian (oracle.py;
@@ -62,6 +64,13 @@ def recommended(base: str, settings: str = RECOMMENDED) -> str:
 ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("sgd", "adam", "adamw"))  # not in NAMES: slow
 # pytorch-optimizer's stability-oriented optimizers, baselines of the stability presets only
 STABILITY_BASELINES = ("spam", "stablespam", "stableadamw", "adopt")
+# AdamW with one remedy each (what the runner changes for them: the task's clipping, a warm-up
+# over the first fraction of the steps, or the betas)
+REMEDIES: dict[str, dict[str, Any]] = {
+    "adamw-clip1": {"max_grad_norm": 1.0},
+    "adamw-beta2-0.95": {"betas": (0.9, 0.95)},
+    "adamw-warmup10": {"warmup_fraction": 0.1},
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class OptimizerSpec:
     base: str
     rotation: str | None  # None: not DEO
     options: dict[str, Any] = field(default_factory=dict)
+    remedy: dict[str, Any] = field(default_factory=dict)  # REMEDIES[name], for the runner
 
     @property
     def needs_create_graph(self) -> bool:  # SophiaH estimates the Hessian from the grad graph
@@ -79,10 +89,15 @@ class OptimizerSpec:
 def parse_optimizer(name: str) -> OptimizerSpec:
     """'deo-adamw-ritz:interval=5' -> OptimizerSpec(base='adamw', rotation='ritz', {...})."""
     head, _, tail = name.partition(":")
-    known = NAMES + ORACLE_NAMES + STABILITY_BASELINES
+    known = NAMES + ORACLE_NAMES + STABILITY_BASELINES + tuple(REMEDIES)
     if head not in known:
         raise ValueError(f"optimizer: unknown name {head!r}; expected one of {list(known)}, "
                          f"optionally followed by ':key=value,...' with keys {list(FIELDS)}")
+    if head in REMEDIES:
+        if tail:
+            raise ValueError(f"optimizer {name!r}: options (':key=value,...') are for DEO "
+                             f"variants only")
+        return OptimizerSpec(name, "adamw", None, remedy=REMEDIES[head])
     if head in ORACLE_NAMES:
         base, rotation = head.removeprefix("deo-oracle-"), "oracle"
     elif head.startswith("deo-"):
@@ -109,7 +124,9 @@ def build_optimizer(name: str, param_groups: list[dict[str, Any]], *, lr: float,
                     max_grad_norm: float | None = None) -> tuple[Optimizer, OptimizerSpec]:
     """The optimizer ``name`` over ``param_groups``; DEO variants clip inside (max_grad_norm)."""
     spec = parse_optimizer(name)
-    base_cls, base_kwargs = _base(spec.base, lr, base_overrides or {})
+    overrides = {**(base_overrides or {}), **({"betas": spec.remedy["betas"]}
+                                              if "betas" in spec.remedy else {})}
+    base_cls, base_kwargs = _base(spec.base, lr, overrides)
     if spec.rotation is None:
         return base_cls(param_groups, **base_kwargs), spec
     config = DEOConfig(displacement=displacement, max_grad_norm=max_grad_norm)

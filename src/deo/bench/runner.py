@@ -24,7 +24,7 @@ import torch
 
 from ..optimizer import DEO
 from .files import ensure_writable_folder, folder_lock
-from .optimizers import build_optimizer
+from .optimizers import build_optimizer, parse_optimizer
 from .oracle import OracleDEO
 from .stability import olmo_spike_score
 from .task import RESULTS_FILE, RunRecord, Task, count_spikes, read_results, run_key
@@ -35,10 +35,13 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     """Train ``task`` with ``optimizer`` from ``seed``; never raises on divergence."""
     device = torch.device(device)
     task.setup(seed, device)
+    spec = parse_optimizer(optimizer)
+    max_grad_norm = spec.remedy.get("max_grad_norm", task.max_grad_norm)
+    warmup = int(spec.remedy.get("warmup_fraction", 0.0) * task.steps)  # a remedy's warm-up
     opt, spec = build_optimizer(optimizer, task.param_groups(), lr=task.lr,
                                 base_overrides=getattr(task, "base_overrides", None),
                                 displacement=task.deo_displacement,
-                                max_grad_norm=task.max_grad_norm)
+                                max_grad_norm=max_grad_norm)
     if spec.needs_create_graph:
         task.enable_double_backward()
     record = RunRecord(task.name, optimizer, seed, preset,
@@ -54,8 +57,9 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     started = time.perf_counter()
     bar = _progress(task.steps, f"{task.name} {optimizer} s{seed}", progress)
     for step in range(task.steps):
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
         for group, scale in zip(opt.param_groups, scales):
-            group["lr"] = task.lr_at(step) * scale
+            group["lr"] = task.lr_at(step) * scale * ramp
         loss_fn = task.loss_fn(step)
         calls = []
 
@@ -76,8 +80,8 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
                 loss = opt.step(closure)
             else:
                 loss = closure()
-                if task.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, task.max_grad_norm)
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 opt.step()
         value = float(loss.detach())
         losses.append(value)
