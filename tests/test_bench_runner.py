@@ -208,3 +208,11 @@ def test_adamw_remedies_change_one_thing_each(monkeypatch):
     warm = run_one(Bowl(), "adamw-warmup10", 0, progress=False)
     assert plain.train_loss[1][1] == pytest.approx(0.5 * 3 * 0.9 ** 2)
     assert warm.train_loss[1][1] == pytest.approx(0.5 * 3 * 0.95 ** 2)
+
+
+def test_deo_records_the_curvature_of_every_probe_step():
+    record = run_one(Bowl(), "deo-adamw:interval=4", 0, progress=False)
+    assert [step for step, _ in record.curvature] == list(range(0, Bowl.steps, 4))
+    # 0.5 |x - 1|^2 has curvature 1 along every direction
+    assert all(c == pytest.approx(1.0, rel=1e-6) for _, c in record.curvature)
+    assert run_one(Bowl(), "adamw", 0, progress=False).curvature == []

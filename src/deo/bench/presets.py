@@ -12,10 +12,18 @@ from dataclasses import dataclass
 from functools import partial
 
 from .lm import CharLM
-from .optimizers import FIRST_FROZEN, NAMES, RECOMMENDED, SECOND_FROZEN, recommended
+from .optimizers import (
+    FIRST_FROZEN,
+    NAMES,
+    RECOMMENDED,
+    REMEDIES,
+    SECOND_FROZEN,
+    STABILITY_BASELINES,
+    recommended,
+)
 from .saddle import DeepLinear, MatrixSensing, MonkeySaddle, QuadraticSaddle
 from .task import Task
-from .vision import DigitsCNN, DigitsMLP
+from .vision import DigitsCNN, DigitsMLP, Slingshot
 
 ALL_OPTIMIZERS = NAMES
 LM_OPTIMIZERS = ("adamw", "deo-adamw", "deo-adamw-ritz")
@@ -130,6 +138,27 @@ def _policies_gpt(size: str) -> Callable[[str | None], Runs]:
     return build
 
 
+def stability_optimizers() -> tuple[str, ...]:
+    """The stability presets' contenders: AdamW, AdamW with each standard remedy alone, the
+    maintained stability optimizers, DEO as the paper has it (Oja, Ritz, the hybrid trigger),
+    the recommended configuration, and the damping of the maximum-curvature direction."""
+    return ("adamw", *REMEDIES, *STABILITY_BASELINES, "deo-adamw", "deo-adamw-ritz",
+            "deo-adamw-ritz:trigger=spike", recommended("adamw"),
+            "deo-adamw-ritz:target=max,alpha=0.5")
+
+
+def _stability_gpt(data: str | None) -> Runs:
+    """The small GPT where AdamW spikes (benchmarks/results/stability_search_cpu.md): lr 0.3
+    held constant, no warm-up, beta2 0.999, eps 1e-8, no clipping, 3000 steps."""
+    return ([_lm(data, name="gpt-stability", preset="small", steps=3000, lr=0.3, min_lr=0.3,
+                 warmup=0, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=None, eval_every=500,
+                 eval_iters=10)], stability_optimizers())
+
+
+def _stability_slingshot(data: str | None) -> Runs:
+    return [Slingshot], stability_optimizers()
+
+
 @dataclass(frozen=True)
 class PresetSpec:
     """One entry of ``REGISTRY``: ``build(data)`` makes the runs (called by build_preset)."""
@@ -170,6 +199,15 @@ REGISTRY: dict[str, PresetSpec] = {
         _policies_gpt("small"),
         "the paper's small GPT for 2000 iterations, the optimizers of policies-spikes, 3 seeds",
         seeds=3),
+    "stability-gpt": PresetSpec(
+        _stability_gpt,
+        "the small GPT where AdamW spikes (lr 0.3, no warm-up, no clipping, beta2 0.999): "
+        "AdamW and its remedies, the maintained stability optimizers, DEO's modes, 3 seeds",
+        seeds=3),
+    "stability-slingshot": PresetSpec(
+        _stability_slingshot,
+        "Adam's slingshot spikes (Thilak et al. 2022: full-batch, 200 images, no "
+        "regularisation, 40000 steps), the contenders of stability-gpt, 3 seeds", seeds=3),
     "policies-complex": PresetSpec(
         _policies_gpt("complex"),
         "the paper's complex GPT for 2000 iterations (GPU): AdamW, the recommended DEO, the "

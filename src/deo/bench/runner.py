@@ -85,6 +85,8 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
                 opt.step()
         value = float(loss.detach())
         losses.append(value)
+        if isinstance(opt, DEO) and len(calls) > 1:  # a probe step: C was just measured
+            record.curvature.append([step, float(opt.curvature)])
         if step % record_every == 0:
             record.train_loss.append([step, value])
             record.grad_norm.append([step, norms[-1]])

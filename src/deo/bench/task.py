@@ -27,6 +27,8 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
     spikes       count of steps with loss >= 2x the (positive) mean of the previous 100 steps
     grad_norm    [[step, |g|], ...] like train_loss: the main pass's gradient norm, before
                  any correction or clipping
+    curvature    DEO runs: [[step, C], ...] at every probe step that measured one (the
+                 curvature along N after the probe; for an early-warning read-out)
     spike_score_loss, spike_score_grad_norm
                  OLMo 2's spike score of every step's loss and gradient norm (stability.py:
                  the share of steps >= 7 sigma above the mean of the previous 1000); None
@@ -105,6 +107,7 @@ class RunRecord:
     escape_step: int | None = None
     spikes: int = 0
     grad_norm: list[list[float]] = field(default_factory=list)
+    curvature: list[list[float]] = field(default_factory=list)
     spike_score_loss: float | None = None
     spike_score_grad_norm: float | None = None
     status: str = "ok"
