@@ -5,7 +5,13 @@ import random
 
 import pytest
 
-from deo.bench.stability import lr_sensitivity, olmo_spike_score, spike_steps
+from deo.bench.stability import (
+    curvature_flags,
+    early_warning,
+    lr_sensitivity,
+    olmo_spike_score,
+    spike_steps,
+)
 
 
 def noise(steps, level=1.0, spread=0.01, seed=0):
@@ -60,3 +66,20 @@ def test_lr_sensitivity_is_wortsmans_formula():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_curvature_flags_fire_on_a_jump_over_the_recent_mean():
+    steady = [[10 * i, 1.0 + 0.01 * (i % 3)] for i in range(30)]
+    steady[20][1] = 5.0  # a jump at step 200
+    assert curvature_flags(steady, factor=2.0, window=10) == [200]
+    assert curvature_flags([[i, 1.0] for i in range(30)]) == []
+
+
+def test_early_warning_counts_alarms_catches_and_leads():
+    # flags at 100 (caught the spike at 150: lead 50), 400 (false: nothing 20-200 after),
+    # 890 (too close to the spike at 900: lead 10 < 20); spikes at 150, 900
+    result = early_warning([100, 400, 890], [150, 900], lead=20, horizon=200)
+    assert result["precision"] == pytest.approx(1 / 3) and result["recall"] == 0.5
+    assert result["lead"] == 50 and (result["flags"], result["spikes"]) == (3, 2)
+    assert math.isnan(early_warning([], [150])["precision"])
+    assert math.isnan(early_warning([100], [])["recall"])

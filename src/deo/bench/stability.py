@@ -16,6 +16,12 @@ r"""Stability metrics the field uses, so that claims about loss spikes are measu
 ``count_spikes`` (task.py)
     The bench's rule: a loss >= 2x the mean of the previous 100.
 
+``curvature_flags`` and ``early_warning``
+    An early-warning read-out from DEO's probes: a flag wherever the probe's curvature C
+    exceeds ``factor`` times the mean |C| of the ``window`` probes before it; then, against
+    the spikes a run really had, the precision (flags followed by a spike ``lead`` to
+    ``horizon`` steps later), the recall (spikes preceded by such a flag) and the lead time.
+
 ``lr_sensitivity`` (Wortsman et al. 2023, arXiv 2309.14322)
     Over a log grid of learning rates, the mean of min(final(eta), initial) minus the best
     final loss of the grid: 0 when every learning rate ends at the best loss, up to
@@ -64,6 +70,39 @@ def olmo_spike_score(values: Sequence[float], window: int = OLMO_WINDOW,
     if scored <= 0:
         return math.nan
     return len(spike_steps(values, window, sigmas, min_history)) / scored
+
+
+def curvature_flags(curvature: Sequence[Sequence[float]], factor: float = 2.0,
+                    window: int = 10) -> list[int]:
+    """Steps whose curvature exceeds ``factor`` x the mean |C| of the ``window`` probes before
+    (``curvature``: [[step, C], ...] as bench records hold it)."""
+    _check_window(window, 2)
+    flags = []
+    for i in range(window, len(curvature)):
+        recent = [abs(c) for _, c in curvature[i - window:i]]
+        step, value = curvature[i]
+        if math.isfinite(value) and value > factor * sum(recent) / window > 0:
+            flags.append(int(step))
+    return flags
+
+
+def early_warning(flags: Sequence[int], spikes: Sequence[int], lead: int = 20,
+                  horizon: int = 200) -> dict[str, float]:
+    """Precision and recall of ``flags`` against ``spikes`` (steps), and the median lead.
+
+    A flag at f is a true alarm if a spike s follows with lead <= s - f <= horizon; a spike
+    is caught if such a flag precedes it, and its lead is s minus its earliest such flag.
+    Precision is NaN without flags, recall NaN without spikes.
+    """
+    if not 0 <= lead <= horizon:
+        raise ValueError(f"lead, horizon: expected 0 <= lead <= horizon, got {lead}, {horizon}")
+    true_alarms = [f for f in flags if any(lead <= s - f <= horizon for s in spikes)]
+    leads = [s - min(f for f in flags if lead <= s - f <= horizon) for s in spikes
+             if any(lead <= s - f <= horizon for f in flags)]
+    return {"precision": len(true_alarms) / len(flags) if flags else math.nan,
+            "recall": len(leads) / len(spikes) if spikes else math.nan,
+            "lead": sorted(leads)[len(leads) // 2] if leads else math.nan,
+            "flags": len(flags), "spikes": len(spikes)}
 
 
 def lr_sensitivity(final_losses: Mapping[float, float], initial_loss: float) -> float:
