@@ -32,7 +32,7 @@ class CharLM(Task):
                  batch_size: int = 12, block_size: int = 64, lr: float = 1e-3,
                  min_lr: float = 1e-4, warmup: int = 100, weight_decay: float = 0.1,
                  max_grad_norm: float | None = 1.0, betas: tuple[float, float] | None = None,
-                 eps: float | None = None):
+                 eps: float | None = None, deo_displacement: float | None = None):
         if model not in MODELS:
             raise ValueError(f"model: expected one of {list(MODELS)}, got {model!r}")
         for key, value in (("steps", steps), ("eval_every", eval_every),
@@ -52,7 +52,9 @@ class CharLM(Task):
         # adam/adamw betas and eps for this task (the spike setting uses beta2 = 0.999)
         self.base_overrides = {**({"betas": list(betas)} if betas is not None else {}),
                                **({"eps": float(eps)} if eps is not None else {})}
-        self.deo_displacement = None
+        # None: DEO's default, 10 x lr, which at a high lr probes far outside the quadratic
+        # region; the stability setting fixes it
+        self.deo_displacement = deo_displacement
 
     def check(self) -> None:
         corpus = load_corpus(self.data)

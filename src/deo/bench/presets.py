@@ -149,10 +149,11 @@ def stability_optimizers() -> tuple[str, ...]:
 
 def _stability_gpt(data: str | None) -> Runs:
     """The small GPT where AdamW spikes (benchmarks/results/stability_search_cpu.md): lr 0.3
-    held constant, no warm-up, beta2 0.999, eps 1e-8, no clipping, 3000 steps."""
+    held constant, no warm-up, beta2 0.999, eps 1e-8, no clipping, 3000 steps. DEO's
+    displacement is 1e-2, the small GPT's usual one: the default 10 x lr would be 3."""
     return ([_lm(data, name="gpt-stability", preset="small", steps=3000, lr=0.3, min_lr=0.3,
                  warmup=0, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=None, eval_every=500,
-                 eval_iters=10)], stability_optimizers())
+                 eval_iters=10, deo_displacement=1e-2)], stability_optimizers())
 
 
 def _stability_slingshot(data: str | None) -> Runs:
