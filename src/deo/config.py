@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import torch
 
-Rotation = Literal["oja", "ritz"]
+Rotation = Literal["oja", "ritz", "update"]
+StepRule = Literal["base", "sharpness"]
 Target = Literal["min", "max"]
 Scope = Literal["global", "tensor"]
 AlphaRule = Literal["fixed", "curvature"]
@@ -49,8 +50,9 @@ class DEOConfig:
             all parameters, so a setting and not a per-group hyperparameter: per-group
             lengths D would measure H D N instead of H N.
         rotation_lr: step size of the ``"oja"`` rotation, >= 0 (paper: 1e-3).
-        rotation: how N turns: ``"oja"`` (the paper's rule, correct sign) or ``"ritz"``
-            (Rayleigh-Ritz, no step size, ``scope="global"``).
+        rotation: how N turns: ``"oja"`` (the paper's rule, correct sign), ``"ritz"``
+            (Rayleigh-Ritz, no step size, ``scope="global"``) or ``"update"`` (N := the
+            direction of the base optimizer's last update, sharpness.py).
         target: which end of the spectrum N tracks: ``"min"`` (the paper: the
             minimum-curvature direction) or ``"max"`` (the maximum-curvature direction, where
             steps that are too long make the loss spike; with 0 < alpha <= 1 the correction
@@ -75,6 +77,10 @@ class DEOConfig:
         escape_trust: ``None`` or k > 0: cap the escape step at k dR.
         escape_rule: ``"fixed"`` (take the escape step after the base step) or ``"checked"``
             (a trust region: try it first, keep it only if the loss fell; deo/escape.py).
+        step_rule: ``"base"`` (the base optimizer's step as it is) or ``"sharpness"`` (with
+            ``rotation="update"``: on probe steps, cut the step's component along N to the
+            quadratic model's minimum where the probed curvature says it overshoots;
+            deo/sharpness.py).
     """
 
     alpha: float = 5.0
@@ -97,6 +103,7 @@ class DEOConfig:
     escape_step: float = 0.0
     escape_trust: float | None = None
     escape_rule: EscapeRule = "fixed"
+    step_rule: StepRule = "base"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -237,8 +244,15 @@ def _check_numbers(c: DEOConfig) -> None:
 
 
 def _check_combinations(c: DEOConfig) -> None:
-    if c.rotation == "ritz" and c.scope != "global":
-        raise ValueError("scope: rotation='ritz' works on one global N; use scope='global'")
+    if c.rotation in ("ritz", "update") and c.scope != "global":
+        raise ValueError(f"scope: rotation={c.rotation!r} works on one global N; use "
+                         f"scope='global'")
+    if c.step_rule == "sharpness" and c.rotation != "update":
+        raise ValueError("step_rule: 'sharpness' needs the curvature along the update; use "
+                         "rotation='update'")
+    if c.rotation == "update" and (c.trigger != "always" or c.target != "min"):
+        raise ValueError("rotation: 'update' probes the update before each scheduled probe "
+                         "step; use trigger='always' and target='min'")
     if c.alpha_rule == "curvature" and c.target != "min":
         raise ValueError("alpha_rule: 'curvature' corrects only while N's curvature is "
                          "negative, which N tracks with target='min'; use target='min'")

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .distributed import dot, gram, norm, shard_like
-from .state import OjaState, RitzState
+from .state import OjaState, RitzState, UpdateState
 
 
 def finite_difference_hvp_(displaced_grads: list[Tensor], grads: list[Tensor],
@@ -330,4 +330,15 @@ def _blend(fresh: list[Tensor], carried: list[Tensor], memory: float) -> list[Te
     return list(torch._foreach_lerp(fresh, carried, memory))
 
 
-ROTATION_RULES: dict[str, Callable[..., Evaluations]] = {"oja": oja_rule, "ritz": ritz_rule}
+def update_rule(direction: list[Tensor], state: UpdateState,
+                settings: RuleSettings) -> Evaluations:
+    """N := the direction of the base optimizer's last update (sharpness.py), and the curvature
+    along it, from one evaluation; N as it was before any update is recorded."""
+    update = state.update
+    target = normalize(update) if update is not None and bool(norm(update) > 0) else direction
+    product = yield target
+    return Rotation(target, curvature(target, product), state)
+
+
+ROTATION_RULES: dict[str, Callable[..., Evaluations]] = {
+    "oja": oja_rule, "ritz": ritz_rule, "update": update_rule}

@@ -10,23 +10,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import arguments, checkpoint, dimer, policies
+from . import arguments, checkpoint, dimer, policies, sharpness
 from .amp import finite_after_unscale, main_grads_scale, record_overflow
 from .config import FIELDS, DEOConfig, with_overrides
 from .corrections import clip_, correct_and_clip_
 from .displaced import capture_rng_state
 from .escape import escape_along_negative_curvature_, longest_step
-from .probe_step import StepPasses
+from .probe_step import MISSING_CLOSURE, StepPasses
 from .state import RULE_STATES, DEOState, Statistics
-
-_MISSING_CLOSURE = (
-    "DEO.step() needs a closure on this step ({why}; opt.probe_due() says when): DEO "
-    "evaluates the gradient a second time at the displaced parameters on the same batch. Pass "
-    "step(closure) where closure() zeroes the gradients, computes the loss on the current "
-    "batch, calls loss.backward() and returns the loss; or run the passes yourself: "
-    "opt.begin_step() before the main pass, then `while opt.first_step(loss): <the same "
-    "batches again>; opt.second_step()` before opt.step(). With a GradScaler, pass it to DEO, "
-    "opt.step(closure, grad_scaler=scaler), instead of calling scaler.step(opt).")
 
 
 class DEO(Optimizer):
@@ -191,7 +182,7 @@ class DEO(Optimizer):
         passes, self._passes = self._passes or StepPasses(None), None
         if passes.plan is None:
             if self.probe_due():
-                raise RuntimeError(_MISSING_CLOSURE.format(
+                raise RuntimeError(MISSING_CLOSURE.format(
                     why=policies.why_due(self.config, self.steps)))
             passes.plan = self._plan(None)
         probe = passes.probe
@@ -220,7 +211,12 @@ class DEO(Optimizer):
 
     def _update(self, is_probe: bool, correct: bool) -> None:
         """Correct (and clip) the gradients in .grad, let the base step, escape, schedule."""
-        c, s = self.config, self.deo_state
+        c, s, params = self.config, self.deo_state, self._params()
+        # rotation="update": the update before a probe step is the probe's direction
+        track = c.rotation == "update" and (
+            is_probe or policies.probe_due(c, s.steps + 1, s.schedule))
+        before = [p.detach().clone() for p in params] if track else None
+        projection = None
         if not correct:  # hybrid DEO between triggers: the base optimizer alone
             clip_(self._params(), c.max_grad_norm)
             self.base.step()
@@ -235,6 +231,10 @@ class DEO(Optimizer):
                 escape_along_negative_curvature_(self._params(), s.direction, projection,
                                                  s.stats.curvature, c.escape_step,
                                                  longest_step(c, c.displacement))
+        if track:
+            s.rule, _ = sharpness.after_step_(
+                params, before, s.direction, None if projection is None else float(projection),
+                float(s.stats.curvature), is_probe and c.step_rule == "sharpness")
         if is_probe:
             s.schedule = policies.after_probe(c, s.steps, s.schedule, float(s.stats.angle),
                                               s.rule.cycle_complete)

@@ -29,6 +29,15 @@ from .displaced import DisplacedGradients, InconsistentProbe, NonFiniteProbe
 from .distributed import copy_, dot
 from .state import DEOState
 
+MISSING_CLOSURE = (
+    "DEO.step() needs a closure on this step ({why}; opt.probe_due() says when): DEO "
+    "evaluates the gradient a second time at the displaced parameters on the same batch. Pass "
+    "step(closure) where closure() zeroes the gradients, computes the loss on the current "
+    "batch, calls loss.backward() and returns the loss; or run the passes yourself: "
+    "opt.begin_step() before the main pass, then `while opt.first_step(loss): <the same "
+    "batches again>; opt.second_step()` before opt.step(). With a GradScaler, pass it to DEO, "
+    "opt.step(closure, grad_scaler=scaler), instead of calling scaler.step(opt).")
+
 
 @dataclass
 class StepPasses:

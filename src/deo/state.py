@@ -51,7 +51,15 @@ class RitzState:
         return self.phase == 0
 
 
-RULE_STATES: dict[str, type] = {"oja": OjaState, "ritz": RitzState}
+@dataclass
+class UpdateState:
+    """``rotation="update"``: the last update the base optimizer took before a probe step."""
+
+    update: PerParameter | None = None
+    cycle_complete = True
+
+
+RULE_STATES: dict[str, type] = {"oja": OjaState, "ritz": RitzState, "update": UpdateState}
 
 
 @dataclass

@@ -7,6 +7,8 @@
     adamw-warmup10                         clipping at 1.0, beta2 0.95, a 10% linear warm-up
     deo-<base>                             DEO in the paper's mode (rotation "oja", its defaults)
     deo-<base>-ritz                        DEO with the scale-free Ritz rotation
+    deo-<base>-update                      N along the base's last update (sharpness.py;
+                                           with step_rule=sharpness, a trust region on it)
     deo-oracle-<base>                      N from Lanczos on the exact batch Hessian (oracle.py;
                                            sgd, adam, adamw; slow: small models only)
     <name>:key=value,key=value             any of the above with DEO settings changed,
@@ -62,6 +64,7 @@ def recommended(base: str, settings: str = RECOMMENDED) -> str:
 
 
 ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("sgd", "adam", "adamw"))  # not in NAMES: slow
+UPDATE_NAMES = tuple(f"deo-{b}-update" for b in BASES if b != "pgd")  # not in NAMES: new
 # pytorch-optimizer's stability-oriented optimizers, baselines of the stability presets only
 STABILITY_BASELINES = ("spam", "stablespam", "stableadamw", "adopt")
 # AdamW with one remedy each (what the runner changes for them: the task's clipping, a warm-up
@@ -89,7 +92,7 @@ class OptimizerSpec:
 def parse_optimizer(name: str) -> OptimizerSpec:
     """'deo-adamw-ritz:interval=5' -> OptimizerSpec(base='adamw', rotation='ritz', {...})."""
     head, _, tail = name.partition(":")
-    known = NAMES + ORACLE_NAMES + STABILITY_BASELINES + tuple(REMEDIES)
+    known = NAMES + ORACLE_NAMES + UPDATE_NAMES + STABILITY_BASELINES + tuple(REMEDIES)
     if head not in known:
         raise ValueError(f"optimizer: unknown name {head!r}; expected one of {list(known)}, "
                          f"optionally followed by ':key=value,...' with keys {list(FIELDS)}")
@@ -114,7 +117,8 @@ def parse_optimizer(name: str) -> OptimizerSpec:
         raise ValueError(f"optimizer {name!r}: {error}") from None
     if "rotation" in options:
         raise ValueError(f"optimizer {name!r}: the rotation is part of the name "
-                         f"(deo-<base> for oja, deo-<base>-ritz), not an option")
+                         f"(deo-<base> for oja, deo-<base>-ritz, deo-<base>-update), not an "
+                         f"option")
     return OptimizerSpec(name, base, rotation, options)
 
 
