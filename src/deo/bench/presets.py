@@ -141,12 +141,15 @@ def _policies_gpt(size: str) -> Callable[[str | None], Runs]:
 def stability_optimizers() -> tuple[str, ...]:
     """The stability presets' contenders: AdamW, AdamW with each standard remedy alone, the
     maintained stability optimizers, DEO as the paper has it (Oja, Ritz, the hybrid trigger),
-    the recommended configuration, the damping of the maximum-curvature direction, and the
-    trust region on the curvature along the update."""
+    the recommended configuration, the damping of the maximum-curvature direction, the trust
+    region on the curvature along the update, and two read-outs of AdamW itself."""
     return ("adamw", *REMEDIES, *STABILITY_BASELINES, "deo-adamw", "deo-adamw-ritz",
             "deo-adamw-ritz:trigger=spike", recommended("adamw"),
             "deo-adamw-ritz:target=max,alpha=0.5",
-            "deo-adamw-update:alpha=0,step_rule=sharpness")
+            "deo-adamw-update:alpha=0,step_rule=sharpness",
+            # read-outs: AdamW's own steps bit for bit (alpha 0), with the curvature along
+            # v_max or along the update recorded at every probe, for the early warning
+            "deo-adamw-ritz:target=max,alpha=0", "deo-adamw-update:alpha=0")
 
 
 def _stability_gpt(data: str | None) -> Runs:
