@@ -169,6 +169,7 @@ def test_records_carry_the_main_pass_gradient_norm_and_the_olmo_spike_scores():
     # |g| = |x - 1| at x = 0 on the first step
     assert plain.grad_norm[0] == [0, pytest.approx(3 ** 0.5)]
     assert plain.spike_score_loss is None  # 20 steps: fewer than the 100 a score needs
+    assert plain.spike_steps == {"2x": [], "olmo_loss": [], "olmo_grad_norm": []}
     assert json.loads(json.dumps(plain.to_json()))["spike_score_grad_norm"] is None
 
 
@@ -216,3 +217,16 @@ def test_deo_records_the_curvature_of_every_probe_step():
     # 0.5 |x - 1|^2 has curvature 1 along every direction
     assert all(c == pytest.approx(1.0, rel=1e-6) for _, c in record.curvature)
     assert run_one(Bowl(), "adamw", 0, progress=False).curvature == []
+
+
+def test_records_name_the_steps_each_spike_rule_counts():
+    class Jump(Bowl):  # a loss with one jump at step 250 (independent of x, so grads are 0)
+        steps, eval_every = 300, 100
+
+        def loss_fn(self, step):
+            level = 10.0 if step == 250 else 1.0 + 0.001 * (step % 7)
+            return lambda: level + 0.0 * self._x.sum()
+
+    record = run_one(Jump(), "adamw", 0, progress=False)
+    assert record.spike_steps == {"2x": [250], "olmo_loss": [250], "olmo_grad_norm": []}
+    assert record.spikes == 1 and record.spike_score_loss == pytest.approx(1 / 200)

@@ -26,8 +26,16 @@ from ..optimizer import DEO
 from .files import ensure_writable_folder, folder_lock
 from .optimizers import build_optimizer, parse_optimizer
 from .oracle import OracleDEO
-from .stability import olmo_spike_score
-from .task import RESULTS_FILE, RunRecord, Task, count_spikes, read_results, run_key
+from .stability import olmo_spike_score, spike_steps
+from .task import (
+    RESULTS_FILE,
+    RunRecord,
+    Task,
+    count_spikes,
+    read_results,
+    run_key,
+    spike_indices,
+)
 
 
 def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: str = "cpu",
@@ -107,6 +115,8 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     record.spikes = count_spikes(losses)
     record.spike_score_loss = _finite_or_none(olmo_spike_score(losses))
     record.spike_score_grad_norm = _finite_or_none(olmo_spike_score(norms))
+    record.spike_steps = {"2x": spike_indices(losses), "olmo_loss": spike_steps(losses),
+                          "olmo_grad_norm": spike_steps(norms)}
     record.gradient_evaluations = len(losses) + (
         int(opt.stats["extra_gradients"]) if isinstance(opt, DEO) else 0)
     record.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) \

@@ -33,6 +33,8 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
                  OLMo 2's spike score of every step's loss and gradient norm (stability.py:
                  the share of steps >= 7 sigma above the mean of the previous 1000); None
                  where too few steps were scored
+    spike_steps  {"2x": [...], "olmo_loss": [...], "olmo_grad_norm": [...]}: the steps each
+                 rule counts (for lead times against DEO's curvature read-out)
     status       "ok", "diverged" (non-finite loss; the run stops there) or "error: ..." (the
                  run raised; --resume runs it again)
     wall_time, seconds_per_step, gradient_evaluations
@@ -110,6 +112,7 @@ class RunRecord:
     curvature: list[list[float]] = field(default_factory=list)
     spike_score_loss: float | None = None
     spike_score_grad_norm: float | None = None
+    spike_steps: dict[str, list[int]] = field(default_factory=dict)
     status: str = "ok"
     wall_time: float = 0.0
     seconds_per_step: float = 0.0
