@@ -18,7 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
-from deo.bench.stability import curvature_flags, early_warning
+from deo.bench.stability import curvature_flags, early_warning, lr_sensitivity
 from deo.bench.task import RESULTS_FILE, read_results
 
 
@@ -50,6 +50,40 @@ def row(name: str, runs: list[dict]) -> str:
             f"{spread([r['wall_time'] / 60 for r in ok], '.1f')} | {warning} |")
 
 
+def sensitivity_tables(by_task: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """Wortsman et al.'s LR sensitivity of each optimizer over tasks named '<setting>-lr=<v>':
+    the mean over seeds of the final loss at each lr (a diverged run counts as the initial
+    loss), against the mean initial loss."""
+    grids: dict[str, dict[float, dict[str, list[dict]]]] = {}
+    for task, by_optimizer in by_task.items():
+        setting, sep, lr = task.rpartition("-lr=")
+        if sep:
+            grids.setdefault(setting, {})[float(lr)] = by_optimizer
+    lines = []
+    for setting, grid in grids.items():
+        lrs = sorted(grid)
+        names = sorted({name for runs in grid.values() for name in runs})
+        lines += [f"## LR sensitivity: {setting}", "",
+                  "| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) +
+                  " | LR sensitivity |", "|---" * (len(lrs) + 2) + "|"]
+        for name in names:
+            finals, initials = {}, []
+            for lr in lrs:
+                runs = grid[lr].get(name, [])
+                initials += [r["train_loss"][0][1] for r in runs if r.get("train_loss")]
+                values = [r["final"].get("loss", math.nan) if r.get("status") == "ok"
+                          else math.nan for r in runs]
+                if values:
+                    finals[lr] = statistics.fmean(values)
+            complete = len(finals) == len(lrs) and initials
+            value = lr_sensitivity(finals, statistics.fmean(initials)) if complete else math.nan
+            lines.append(f"| {name} | " + " | ".join(
+                f"{finals[lr]:.3f}" if lr in finals else "—" for lr in lrs) +
+                f" | {'—' if math.isnan(value) else f'{value:.3f}'} |")
+        lines.append("")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
@@ -66,6 +100,7 @@ def main() -> None:
                   "|---" * 11 + "|"]
         lines += [row(name, runs) for name, runs in by_optimizer.items()]
         lines.append("")
+    lines += sensitivity_tables(by_task)
     (args.folder / "stability.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -165,6 +165,26 @@ def _stability_slingshot(data: str | None) -> Runs:
     return [Slingshot], stability_optimizers()
 
 
+# Wortsman et al.'s LR sensitivity needs each contender over a log grid of learning rates
+GPT_LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+SLINGSHOT_LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+LR_SWEEP_OPTIMIZERS = ("adamw", "stableadamw", "spam", "deo-adamw", "deo-adamw-ritz",
+                       "deo-adamw-ritz:target=max,alpha=0.5",
+                       "deo-adamw-update:alpha=0,step_rule=sharpness")
+
+
+def _stability_gpt_lr(data: str | None) -> Runs:
+    return ([_lm(data, name=f"gpt-stability-lr={lr:g}", preset="small", steps=3000, lr=lr,
+                 min_lr=lr, warmup=0, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=None,
+                 eval_every=500, eval_iters=10, deo_displacement=1e-2)
+             for lr in GPT_LR_GRID], LR_SWEEP_OPTIMIZERS)
+
+
+def _stability_slingshot_lr(data: str | None) -> Runs:
+    return ([partial(Slingshot, lr=lr, name=f"slingshot-lr={lr:g}") for lr in SLINGSHOT_LR_GRID],
+            LR_SWEEP_OPTIMIZERS)
+
+
 @dataclass(frozen=True)
 class PresetSpec:
     """One entry of ``REGISTRY``: ``build(data)`` makes the runs (called by build_preset)."""
@@ -214,6 +234,14 @@ REGISTRY: dict[str, PresetSpec] = {
         _stability_slingshot,
         "Adam's slingshot spikes (Thilak et al. 2022: full-batch, 200 images, no "
         "regularisation, 40000 steps), the contenders of stability-gpt, 3 seeds", seeds=3),
+    "stability-gpt-lr": PresetSpec(
+        _stability_gpt_lr,
+        "the stability GPT over lr 3e-4 to 3e-1 (LR sensitivity): AdamW, stableadamw, spam and "
+        "DEO's modes, 3 seeds", seeds=3),
+    "stability-slingshot-lr": PresetSpec(
+        _stability_slingshot_lr,
+        "the slingshot over lr 3e-4 to 1e-2 (LR sensitivity), the optimizers of "
+        "stability-gpt-lr, 3 seeds", seeds=3),
     "policies-complex": PresetSpec(
         _policies_gpt("complex"),
         "the paper's complex GPT for 2000 iterations (GPU): AdamW, the recommended DEO, the "

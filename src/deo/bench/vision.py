@@ -162,9 +162,11 @@ class Slingshot(DigitsMLP):
 
     def __init__(self, *, steps: int = 40000, lr: float = 1e-3, train_size: int = 200,
                  hidden: int = 256, layers: int = 2, eval_every: int = 1000,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None,
+                 name: str = "slingshot"):
         super().__init__(hidden=hidden, activation="relu", steps=steps, batch_size=train_size,
                          lr=lr, eval_every=eval_every)
+        self.name = name
         check_int("layers", layers, 1)
         check_int("train_size", train_size, 1)
         self.train_size, self.layers = train_size, layers
