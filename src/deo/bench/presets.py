@@ -152,13 +152,17 @@ def stability_optimizers() -> tuple[str, ...]:
             "deo-adamw-ritz:target=max,alpha=0", "deo-adamw-update:alpha=0")
 
 
+def _stability_lm(data: str | None, name: str, lr: float) -> Callable[[], Task]:
+    """The small GPT where AdamW spikes at lr 0.3 (benchmarks/results/stability_search_cpu.md):
+    lr held constant, no warm-up, beta2 0.999, eps 1e-8, no clipping, 3000 steps. DEO's
+    displacement is 1e-2, the small GPT's usual one: the default 10 x lr would be 3 there."""
+    return _lm(data, name=name, preset="small", steps=3000, lr=lr, min_lr=lr, warmup=0,
+               betas=(0.9, 0.999), eps=1e-8, max_grad_norm=None, eval_every=500,
+               eval_iters=10, deo_displacement=1e-2)
+
+
 def _stability_gpt(data: str | None) -> Runs:
-    """The small GPT where AdamW spikes (benchmarks/results/stability_search_cpu.md): lr 0.3
-    held constant, no warm-up, beta2 0.999, eps 1e-8, no clipping, 3000 steps. DEO's
-    displacement is 1e-2, the small GPT's usual one: the default 10 x lr would be 3."""
-    return ([_lm(data, name="gpt-stability", preset="small", steps=3000, lr=0.3, min_lr=0.3,
-                 warmup=0, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=None, eval_every=500,
-                 eval_iters=10, deo_displacement=1e-2)], stability_optimizers())
+    return [_stability_lm(data, "gpt-stability", 0.3)], stability_optimizers()
 
 
 def _stability_slingshot(data: str | None) -> Runs:
@@ -174,10 +178,8 @@ LR_SWEEP_OPTIMIZERS = ("adamw", "stableadamw", "spam", "deo-adamw", "deo-adamw-r
 
 
 def _stability_gpt_lr(data: str | None) -> Runs:
-    return ([_lm(data, name=f"gpt-stability-lr={lr:g}", preset="small", steps=3000, lr=lr,
-                 min_lr=lr, warmup=0, betas=(0.9, 0.999), eps=1e-8, max_grad_norm=None,
-                 eval_every=500, eval_iters=10, deo_displacement=1e-2)
-             for lr in GPT_LR_GRID], LR_SWEEP_OPTIMIZERS)
+    return ([_stability_lm(data, f"gpt-stability-lr={lr:g}", lr) for lr in GPT_LR_GRID],
+            LR_SWEEP_OPTIMIZERS)
 
 
 def _stability_slingshot_lr(data: str | None) -> Runs:
@@ -225,6 +227,10 @@ REGISTRY: dict[str, PresetSpec] = {
         _policies_gpt("small"),
         "the paper's small GPT for 2000 iterations, the optimizers of policies-spikes, 3 seeds",
         seeds=3),
+    "policies-complex": PresetSpec(
+        _policies_gpt("complex"),
+        "the paper's complex GPT for 2000 iterations (GPU): AdamW, the recommended DEO, the "
+        "second and first frozen and the paper's DEO, 3 seeds", seeds=3),
     "stability-gpt": PresetSpec(
         _stability_gpt,
         "the small GPT where AdamW spikes (lr 0.3, no warm-up, no clipping, beta2 0.999): "
@@ -242,10 +248,6 @@ REGISTRY: dict[str, PresetSpec] = {
         _stability_slingshot_lr,
         "the slingshot over lr 3e-4 to 1e-2 (LR sensitivity), the optimizers of "
         "stability-gpt-lr, 3 seeds", seeds=3),
-    "policies-complex": PresetSpec(
-        _policies_gpt("complex"),
-        "the paper's complex GPT for 2000 iterations (GPU): AdamW, the recommended DEO, the "
-        "second and first frozen and the paper's DEO, 3 seeds", seeds=3),
 }
 
 PRESETS = tuple(REGISTRY)  # the names, in the registry's order
