@@ -45,8 +45,10 @@ def parse_config(text: str) -> dict:
 
 
 def loss_ratios(losses: list[float], window: int = SPIKE_WINDOW) -> list[float]:
-    """Each loss over the mean of the ``window`` losses before it (as the spike rule reads)."""
-    return [losses[i] * window / sum(losses[i - window:i]) for i in range(window, len(losses))]
+    """Each loss over the (positive) mean of the ``window`` losses before it, as the spike
+    rule reads it; windows whose mean is not positive are left out."""
+    return [losses[i] * window / total for i in range(window, len(losses))
+            if (total := sum(losses[i - window:i])) > 0]
 
 
 def train(config: dict, steps: int, seed: int) -> dict:

@@ -29,10 +29,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 from common import machine, result_stem, write_result
+from spike_search import loss_ratios
 
 from deo.bench.lm import CharLM
 from deo.bench.runner import run_one
-from deo.bench.task import SPIKE_WINDOW
 from deo.bench.vision import Slingshot
 
 GPT_DEFAULTS = {"lr": 3e-2, "eps": 1e-8, "batch": 12, "layers": 4, "embd": 128, "heads": 4,
@@ -89,9 +89,7 @@ def train(config: dict, seed: int) -> dict:
     torch.set_num_threads(1)  # one core per worker
     record = run_one(build_task(config), "adamw", seed, progress=False)
     losses = [loss for _, loss in record.train_loss]
-    ratios = [losses[i] * SPIKE_WINDOW / sum(losses[i - SPIKE_WINDOW:i])
-              for i in range(SPIKE_WINDOW, len(losses))
-              if sum(losses[i - SPIKE_WINDOW:i]) > 0 and math.isfinite(losses[i])]
+    ratios = [r for r in loss_ratios(losses) if math.isfinite(r)]
     return {"config": name(config), "seed": seed, "status": record.status,
             "steps_done": len(record.train_loss) and record.train_loss[-1][0] + 1,
             "val_loss": record.final.get("loss"), "train_loss": record.final.get("train_loss"),

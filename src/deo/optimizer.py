@@ -218,7 +218,7 @@ class DEO(Optimizer):
         before = [p.detach().clone() for p in params] if track else None
         projection = None
         if not correct:  # hybrid DEO between triggers: the base optimizer alone
-            clip_(self._params(), c.max_grad_norm)
+            clip_(params, c.max_grad_norm)
             self.base.step()
         elif c.compile_step and not is_probe:
             if self._compiled_cheap_step is None:
