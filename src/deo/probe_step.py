@@ -73,20 +73,19 @@ class ProbeStep:
                  rule: Callable[..., Evaluations], rng_before: dict, loss: Any, *,
                  scale: float | None = None, main_scale: float = 1.0) -> None:
         self.params, self.state, self.config = params, state, config
-        self.displacement, self.rng_before, self.loss = config.displacement, rng_before, loss
+        self.displacement, self.rng_before = config.displacement, rng_before
         self.scale, self.main_scale = scale, main_scale
         self.settings = RuleSettings(budget=config.probes_per_update, lr=config.rotation_lr,
                                      memory=config.hessian_memory, window=config.ritz_window,
                                      blocks=tuple(map(tuple, blocks(params, config.scope))),
                                      largest=config.target == "max")
-        settings = self.settings
         # Rotations are computed in the gradient's precision (at least float32). Oja's rule
         # reads a narrower N as it is; the Ritz rule combines many vectors, so a bf16 N is
         # widened for it (a transient copy).
         self.precise = [working_dtype(p) for p in params]
         working = state.direction if config.rotation == "oja" else \
             as_dtypes(state.direction, self.precise)
-        self.evaluations: Evaluations | None = rule(working, state.rule, settings)
+        self.evaluations: Evaluations | None = rule(working, state.rule, self.settings)
         self.evaluator = self._evaluator(loss=loss)
         self.vector: list[Tensor] | None = None  # of the rotation's next evaluation
         self.trial: float | None = None  # the escape trial's signed length, while tried

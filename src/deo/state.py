@@ -183,7 +183,7 @@ def _as_type_of(current: Any, value: Any, name: str, device: torch.device) -> An
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} is {type(value).__name__}, not a tensor")
         return value.detach().clone().to(device)
-    if isinstance(current, bool) or isinstance(current, int):
+    if isinstance(current, int):
         if isinstance(value, float) or not isinstance(value, int | torch.Tensor):
             raise TypeError(f"{name} is {value!r}, not an int")
         return int(value)
