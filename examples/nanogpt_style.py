@@ -5,7 +5,7 @@
 
 What changes from nanoGPT's train.py, and why:
 
-* the optimizer: ``deo.DEO(None, base=configure_optimizers(...), config=deo.recommended())``
+* the optimizer: ``deo.DEO(None, base=configure_optimizers(...), **deo.recommended("saddle"))``
   wraps the model's own weight-decay groups;
 * the micro-batches of a step are drawn BEFORE its passes (nanoGPT prefetches the next batch
   inside the loop over micro-steps): DEO's displaced pass must see the same batches;
@@ -93,7 +93,7 @@ def train(args: argparse.Namespace) -> list[float]:
                            n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                            dropout=args.dropout)).to(args.device)
     optimizer = deo.DEO(None, base=configure_optimizers(model, 0.1, args.lr, (0.9, 0.99)),
-                        config=deo.recommended())
+                        **deo.recommended("saddle"))
     scaler = torch.amp.GradScaler(args.device, enabled=args.dtype == "float16")
     autocast = nullcontext() if args.dtype == "float32" else torch.autocast(
         args.device, dtype=getattr(torch, args.dtype))

@@ -18,3 +18,13 @@ def test_console_entry_point_is_installed():
     out = subprocess.run([sys.executable, "-m", "deo.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "usage: deo" in out
+
+
+def test_bench_refuses_an_optimizer_outside_the_preset_before_any_run(tmp_path, capsys):
+    from deo.cli import main
+
+    out = tmp_path / "out"
+    assert main(["bench", "--preset", "stability-slingshot", "--only", "adamw",
+                 "--only", "sgd", "--out", str(out), "--no-progress"]) == 2
+    assert "only: ['sgd'] is not among preset" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()

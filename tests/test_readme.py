@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import deo
-from deo.bench.optimizers import RECOMMENDED, parse_optimizer
+from deo.bench.optimizers import parse_optimizer
+from deo.bench.optimizers import recommended as bench_recommended
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(r"^<!-- test: ([\w-]+) -->\n```python\n(.*?)^```", flags=re.S | re.M)
@@ -83,12 +84,12 @@ def test_readme_two_phase_loop_runs_and_probes():
 
 
 def test_readme_recommended_configuration_is_the_benchmarks():
-    """The README's recommended DEO must be deo.bench.optimizers.RECOMMENDED, setting for
-    setting, so the two cannot drift apart when a configuration is frozen anew."""
+    """The README's recommended DEO must be the bench's, setting for setting, so the two cannot
+    drift apart when a configuration is frozen anew."""
     namespace = run_snippet("recommended", {"torch": torch, "deo": deo,
                                             "model": torch.nn.Linear(3, 1)})
     config = namespace["opt"].config
-    spec = parse_optimizer(f"deo-adamw-ritz:{RECOMMENDED}")
+    spec = parse_optimizer(bench_recommended("adamw", "saddle"))
     assert config.rotation == spec.rotation
     for setting, value in spec.options.items():
         assert getattr(config, setting) == value, setting

@@ -16,7 +16,7 @@ SETTINGS = {
     # two displaced passes per probe step: the loop runs as many as DEO asks for
     "ritz-budget-2": {"rotation": "ritz", "interval": 3, "probes_per_update": 2},
     # the recommended configuration: a rotation pass, then the escape trial's pass
-    "recommended": {"config": deo.recommended(), "displacement": 1e-2, "escape_step": 4.0},
+    "recommended": {**deo.recommended("saddle"), "displacement": 1e-2, "escape_step": 4.0},
     "tensor-scope": {"scope": "tensor", "interval": 2, "rotation_lr": 0.1},
     "angle-rule": {"rotation": "ritz", "interval_rule": "angle", "interval": 2},
     "spike-trigger": {"trigger": "spike", "interval": 2},

@@ -1,7 +1,7 @@
 """deo: Dimer-Enhanced Optimization for PyTorch.
 
 ``deo.DEO`` wraps any ``torch.optim`` optimizer; ``deo.DEOConfig`` holds its settings and
-``deo.recommended()`` the configuration we recommend; ``deo.hessian`` gives exact Hessian
+``deo.recommended(goal)`` the keyword arguments we recommend for a goal; ``deo.hessian`` gives exact Hessian
 ground truth for checking the curvature estimate.
 """
 

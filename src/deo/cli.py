@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     bench.add_argument("--seeds", type=_at_least(1), default=None, metavar="N",
                        help="seeds per run (default: the preset's)")
+    bench.add_argument("--first-seed", type=_at_least(0), default=0, metavar="K",
+                       help="the first seed: seeds K, K+1, ... (default 0; fresh seeds for a "
+                            "configuration chosen on the first ones)")
+    bench.add_argument("--only", action="append", default=None, metavar="NAME",
+                       help="run only this one of the preset's optimizers (repeatable; names "
+                            "hold commas, as in deo-adamw-ritz:target=max,alpha=0.5)")
     bench.add_argument("--data", metavar="PATH", default=None,
                        help="text file for the language tasks (default: the pydoc topics text "
                             "that ships with Python; tiny Shakespeare: "
@@ -104,7 +110,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     preset = build_preset(args.preset, data=args.data)
     try:
-        run_bench(preset.runs(args.seeds), args.out, preset=preset.name, device=args.device,
+        runs = preset.runs(args.seeds, first_seed=args.first_seed,
+                           only=None if args.only is None else tuple(args.only))
+        run_bench(runs, args.out, preset=preset.name, device=args.device,
                   resume=args.resume, progress=not args.no_progress, workers=args.workers)
     except (*_USER_ERRORS, FileExistsError) as err:
         print(f"deo bench: error: {err}", file=sys.stderr)

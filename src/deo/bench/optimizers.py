@@ -30,6 +30,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..config import FIELDS, DEOConfig, parse_overrides
+from ..config import recommended as deo_recommended
 from ..optimizer import DEO
 from .oracle import OracleDEO
 from .pgd import PerturbedGD
@@ -38,7 +39,7 @@ BASES = ("sgd", "adam", "adamw", "sophia", "pgd")
 ROTATIONS = ("oja", "ritz")
 NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
          *(f"deo-{b}-ritz" for b in BASES if b != "pgd"))
-# The recommended DEO configuration (deo.recommended(), the same settings): each candidate was
+# The saddle recommendation (deo.recommended("saddle"), the same settings): each candidate was
 # chosen on the saddle suite and a 600-step run of the small GPT, frozen here, then judged by its
 # runs everywhere else (docs/open-questions.md). FIRST_FROZEN (Ritz rotation, a probe every 5
 # steps, the gradient's component along N doubled where the paper reverses it (alpha = -1), and the
@@ -55,11 +56,25 @@ NAMES = (*BASES, *(f"deo-{b}" for b in BASES if b != "pgd"),
 FIRST_FROZEN = "alpha=-1,escape_step=0.25,interval=5"
 SECOND_FROZEN = "alpha=-1,escape_step=0.25,interval=5,escape_rule=checked"
 THIRD_FROZEN = "alpha=0,escape_step=0.25,interval=5,escape_rule=checked"
-RECOMMENDED = THIRD_FROZEN
 
 
-def recommended(base: str, settings: str = RECOMMENDED) -> str:
-    """The recommended DEO configuration on ``base``, as a bench optimizer name."""
+def config_name(base: str, settings: dict[str, Any]) -> str:
+    """The bench name of DEO with ``settings`` (keyword arguments of ``deo.DEO``) on ``base``:
+    the rotation goes into the name, the rest after the colon in their order."""
+    rotation = settings.get("rotation", "oja")
+    head = f"deo-{base}" if rotation == "oja" else f"deo-{base}-{rotation}"
+    rest = ",".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in settings.items() if key != "rotation")
+    return f"{head}:{rest}" if rest else head
+
+
+def recommended(base: str, goal: str = "saddle") -> str:
+    """``deo.recommended(goal)`` on ``base``, as a bench optimizer name."""
+    return config_name(base, deo_recommended(goal))
+
+
+def frozen(base: str, settings: str) -> str:
+    """An earlier frozen candidate (``FIRST_FROZEN``, ...) with the Ritz rotation on ``base``."""
     return f"deo-{base}-ritz:{settings}"
 
 

@@ -15,10 +15,11 @@ from .lm import CharLM
 from .optimizers import (
     FIRST_FROZEN,
     NAMES,
-    RECOMMENDED,
     REMEDIES,
     SECOND_FROZEN,
     STABILITY_BASELINES,
+    THIRD_FROZEN,
+    frozen,
     recommended,
 )
 from .saddle import DeepLinear, MatrixSensing, MonkeySaddle, QuadraticSaddle
@@ -37,11 +38,28 @@ class Preset:
     seeds: int = 1
     description: str = ""
 
-    def runs(self, seeds: int | None = None) -> list[tuple[Callable[[], Task], str, int]]:
+    def runs(self, seeds: int | None = None, first_seed: int = 0,
+             only: tuple[str, ...] | None = None) -> list[tuple[Callable[[], Task], str, int]]:
         """Optimizer by optimizer (in the preset's order, the references first), so a bench
-        cut short holds every seed of the first optimizers rather than one seed of each."""
-        return [(task, optimizer, seed) for optimizer in self.optimizers
-                for task in self.tasks for seed in range(seeds or self.seeds)]
+        cut short holds every seed of the first optimizers rather than one seed of each.
+
+        ``seeds`` runs per (task, optimizer), seeds ``first_seed, first_seed + 1, ...``
+        (fresh seeds for a configuration chosen on the first ones); ``only`` keeps those of
+        the preset's optimizers (a ValueError names the accepted ones).
+        """
+        if first_seed < 0:
+            raise ValueError(f"first_seed: expected an integer >= 0, got {first_seed!r}")
+        optimizers = self.optimizers
+        if only is not None:
+            unknown = [name for name in only if name not in optimizers]
+            if unknown or not only:
+                raise ValueError(f"only: {unknown or 'nothing'} is not among preset "
+                                 f"{self.name!r}'s optimizers; expected some of "
+                                 f"{list(optimizers)}")
+            optimizers = tuple(name for name in optimizers if name in only)
+        count = seeds or self.seeds
+        return [(task, optimizer, seed) for optimizer in optimizers for task in self.tasks
+                for seed in range(first_seed, first_seed + count)]
 
 
 def _lm(data: str | None, **kwargs) -> Callable[[], Task]:
@@ -72,13 +90,13 @@ def policy_optimizers(base: str, *, oracle: bool = False,
     only, for the slow LM settings), and on small problems the oracle with the recommended
     settings."""
     ritz = f"deo-{base}-ritz"
-    names = (base, recommended(base), recommended(base, SECOND_FROZEN),
-             recommended(base, FIRST_FROZEN), f"deo-{base}",
+    names = (base, recommended(base), frozen(base, SECOND_FROZEN),
+             frozen(base, FIRST_FROZEN), f"deo-{base}",
              f"{ritz}:alpha_rule=curvature", f"{ritz}:trigger=spike")
     if every_policy:
         names += (f"{ritz}:interval_rule=angle", f"{ritz}:alpha=0,escape_step=0.25")
     if oracle:
-        names += (f"deo-oracle-{base}:{RECOMMENDED}",)
+        names += (f"deo-oracle-{base}:{THIRD_FROZEN}",)
     return names
 
 
@@ -141,12 +159,13 @@ def _policies_gpt(size: str) -> Callable[[str | None], Runs]:
 def stability_optimizers() -> tuple[str, ...]:
     """The stability presets' contenders: AdamW, AdamW with each standard remedy alone, the
     maintained stability optimizers, DEO as the paper has it (Oja, Ritz, the hybrid trigger),
-    the recommended configuration, the damping of the maximum-curvature direction, the trust
+    the saddle recommendation, the stability recommendation (frozen after the slingshot's
+    seeds 0-2, so it is last among the modes there), the damping of the maximum-curvature direction, the trust
     region on the curvature along the update, and two read-outs of AdamW itself."""
     return ("adamw", *REMEDIES, *STABILITY_BASELINES, "deo-adamw", "deo-adamw-ritz",
             "deo-adamw-ritz:trigger=spike", recommended("adamw"),
             "deo-adamw-ritz:target=max,alpha=0.5",
-            "deo-adamw-update:alpha=0,step_rule=sharpness",
+            "deo-adamw-update:alpha=0,step_rule=sharpness", recommended("adamw", "stability"),
             # read-outs: AdamW's own steps bit for bit (alpha 0), with the curvature along
             # v_max or along the update recorded at every probe, for the early warning
             "deo-adamw-ritz:target=max,alpha=0", "deo-adamw-update:alpha=0")
@@ -172,7 +191,8 @@ def _stability_slingshot(data: str | None) -> Runs:
 # Wortsman et al.'s LR sensitivity needs each contender over a log grid of learning rates
 GPT_LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 SLINGSHOT_LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
-LR_SWEEP_OPTIMIZERS = ("adamw", "stableadamw", "spam", "deo-adamw", "deo-adamw-ritz",
+LR_SWEEP_OPTIMIZERS = ("adamw", "adopt", "stableadamw", "spam", recommended("adamw", "stability"),
+                       "deo-adamw", "deo-adamw-ritz",
                        "deo-adamw-ritz:target=max,alpha=0.5",
                        "deo-adamw-update:alpha=0,step_rule=sharpness")
 
