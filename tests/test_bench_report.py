@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import sys
@@ -327,3 +328,33 @@ def test_one_legend_below_the_axes_names_every_optimizer():
         assert sorted(text.get_text() for text in legend.get_texts()) == sorted(drawn)
         below = legend.get_window_extent().y1
         assert all(below <= axes.get_tightbbox().y0 + 1 for axes in figure.axes)
+
+
+def test_spike_panels_mark_each_event_at_its_peak_and_hide_spare_axes():
+    series = [[step, 1e-8] for step in range(0, 1000, 10)]
+    series[50][1], series[51][1] = 0.5, 2.0  # a spike at 500-510, peaking at 510
+    runs = {"adamw": {"seed": 0, "train_loss": series},
+            "adopt": {"seed": 0, "train_loss": [[s, 1e-8] for s, _ in series]},
+            "spam": {"seed": 0, "train_loss": [[s, 1e-8] for s, _ in series]}}
+    figure = plots.plot_spike_panels(runs, plots.distinct_colors(list(runs)),
+                                     {"adamw": [500], "adopt": []})
+    adamw, adopt, spam, spare = figure.axes
+    assert not spare.get_visible() and adamw.get_yscale() == "log"
+    (marks,) = adamw.collections
+    assert marks.get_offsets().tolist() == [[510.0, 2.0]]
+    assert not adopt.collections and not spam.collections
+    assert adamw.get_title().endswith("1 spike events") and "0 spike events" in spam.get_title()
+
+
+def test_loss_against_lr_draws_each_optimizer_over_its_finite_points():
+    finals = {"adamw": {1e-3: 2.0, 1e-2: 1.5, 1e-1: math.inf},
+              "adopt": {1e-3: 2.1, 1e-2: 1.4, 1e-1: 1.6}}
+    figure = plots.plot_loss_against_lr(finals, plots.distinct_colors(list(finals)),
+                                        initial=4.2)
+    (axes,) = figure.axes
+    lines = {line.get_label(): line for line in axes.get_lines() if not
+             line.get_label().startswith("_")}
+    assert list(lines["adamw"].get_xdata()) == [1e-3, 1e-2]  # the diverged point left out
+    assert list(lines["adopt"].get_ydata()) == [2.1, 1.4, 1.6]
+    assert axes.get_xscale() == "log"
+    assert any(list(line.get_ydata()) == [4.2, 4.2] for line in axes.get_lines())

@@ -10,6 +10,7 @@ from deo.bench.stability import (
     early_warning,
     lr_sensitivity,
     olmo_spike_score,
+    spike_events,
     spike_steps,
 )
 
@@ -62,6 +63,8 @@ def test_lr_sensitivity_is_wortsmans_formula():
     (lambda: spike_steps([1.0] * 10, window=100, min_history=200), "min_history"),
     (lambda: lr_sensitivity({}, 1.0), "final_losses"),
     (lambda: lr_sensitivity({1e-3: 1.0}, math.nan), "initial_loss"),
+    (lambda: spike_events([5], [[0, 1.0]], gap=0), "gap"),
+    (lambda: spike_events([5], [[0, 1.0]], floor=0.0), "floor"),
 ])
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
@@ -83,3 +86,26 @@ def test_early_warning_counts_alarms_catches_and_leads():
     assert result["lead"] == 50 and (result["flags"], result["spikes"]) == (3, 2)
     assert math.isnan(early_warning([], [150])["precision"])
     assert math.isnan(early_warning([100], [])["recall"])
+
+
+def test_spike_events_group_episodes_and_drop_round_off_jitter():
+    from deo.bench.task import SPIKE_FACTOR, SPIKE_WINDOW, spike_indices
+
+    # a run that fits to ~1e-9 (jitter of 2-3x there) and spikes twice back to ~1: the 2x
+    # rule counts the jitter too, the events are the two real spikes
+    loss = [2.3 * 0.99 ** t for t in range(2000)] + [1e-9 * (1 + 2 * (t % 7 == 0))
+                                                      for t in range(3000)]
+    for start in (2500, 4000):  # each spike lasts 30 steps
+        loss[start:start + 30] = [1.0] * 30
+    spikes = spike_indices(loss, SPIKE_FACTOR, SPIKE_WINDOW)
+    assert len(spikes) > 100  # the jitter
+    assert spike_events(spikes, [[t, value] for t, value in enumerate(loss)]) == [2500, 4000]
+    # with every 5th step recorded, an event starts within 5 steps of the truth
+    recorded = [[t, loss[t]] for t in range(0, len(loss), 5)]
+    events = spike_events(spikes, recorded)
+    assert len(events) == 2 and all(0 <= t - s <= 5 for s, t in zip(events, (2500, 4000)))
+    # an episode is one event however many steps it spans; a floor above 1 drops both
+    assert spike_events([10, 50, 140, 400], [[t, 5.0] for t in range(0, 500, 10)],
+                        gap=100, floor=0.5) == [10, 400]
+    assert spike_events(spikes, recorded, floor=2.0) == []
+    assert spike_events([], recorded) == []

@@ -118,6 +118,62 @@ def plot_escape_steps(escape_steps: Mapping[str, Sequence[int | None]],
     return figure
 
 
+def plot_spike_panels(runs_by_optimizer: Mapping[str, Run], colors: Mapping[str, str],
+                      marks: Mapping[str, Sequence[int]], columns: int = 2) -> Any:
+    """One panel per optimizer (one run each, usually seed 0): its training loss on a log axis,
+    with the steps in ``marks[name]`` (its spike events) marked at their peaks."""
+    names = list(runs_by_optimizer)
+    rows = max(1, math.ceil(len(names) / columns))
+    figure_class, canvas_class = _figure_classes()
+    figure = figure_class(figsize=(5.2 * columns, 2.6 * rows), dpi=100)
+    canvas_class(figure)
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.5 / (2.6 * rows) + 0.04,
+                           top=1 - 0.3 / (2.6 * rows), hspace=0.55, wspace=0.2)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for index, axes in enumerate(grid.flat):
+        if index >= len(names):
+            axes.set_visible(False)
+            continue
+        name, run = names[index], runs_by_optimizer[names[index]]
+        points = [(step, value) for step, value in run.get("train_loss", [])
+                  if _plottable(value) and value > 0]
+        stride = points[1][0] - points[0][0] if len(points) > 1 else 1
+        if points:
+            axes.plot(*zip(*points), color=colors[name], linewidth=0.8)
+            axes.set_yscale("log")
+        events = set(marks.get(name, ()))
+        # each event at its highest recorded loss within 100 steps of its start
+        marked = [max(((step, value) for step, value in points
+                       if -stride <= step - event <= 100), key=lambda p: p[1], default=None)
+                  for event in events]
+        marked = [point for point in marked if point is not None]
+        if marked:
+            axes.scatter(*zip(*marked), marker="x", s=20, color="black", zorder=3)
+        axes.set_title(f"{name} (seed {run.get('seed')}): {len(events)} spike events",
+                       fontsize=8)
+        axes.tick_params(labelsize=7)
+    return figure
+
+
+def plot_loss_against_lr(finals: Mapping[str, Mapping[float, float]],
+                         colors: Mapping[str, str], initial: float | None = None) -> Any:
+    """Final loss against learning rate (log x), one line per optimizer; a missing or
+    diverged point is left out. ``initial``: the loss at initialisation, drawn as a line
+    (LR sensitivity counts a run worse than it as it)."""
+    figure, (axes,) = _new_figure(1, legend_entries=len(finals))
+    for name, by_lr in finals.items():
+        points = sorted((lr, loss) for lr, loss in by_lr.items() if _plottable(loss))
+        if points:
+            axes.plot(*zip(*points), marker="o", markersize=3, color=colors[name], label=name)
+    if initial is not None and _plottable(initial):
+        axes.axhline(initial, color="0.5", linewidth=0.8, linestyle="--")
+    axes.set_xscale("log")
+    _finish(axes, "final loss against learning rate (dashed: initial loss)", "final loss")
+    axes.set_xlabel("learning rate")
+    _legend_below(figure, [axes])
+    return figure
+
+
 def _draw_band(axes: Any, series: Series, label: str, color: str) -> None:
     """Mean line and min..max band over seeds; values that cannot be drawn are left out."""
     by_step: dict[float, list[float]] = {}

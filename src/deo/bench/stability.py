@@ -16,6 +16,13 @@ r"""Stability metrics the field uses, so that claims about loss spikes are measu
 ``count_spikes`` (task.py)
     The bench's rule: a loss >= 2x the mean of the previous 100.
 
+``spike_events``
+    The 2x rule is scale-free, so once a loss sits at round-off level (the slingshot's
+    ~1e-9) its jitter counts as hundreds of "spikes" a plot does not show. An event keeps
+    the 2x-rule steps whose loss reaches ``floor`` (1%) of the run's first loss and groups
+    them into episodes (a new one starts after more than ``gap`` steps without one): what a
+    user would call a spike, counted once however many steps it lasts.
+
 ``curvature_flags`` and ``early_warning``
     An early-warning read-out from DEO's probes: a flag wherever the probe's curvature C
     exceeds ``factor`` times the mean |C| of the ``window`` probes before it; then, against
@@ -30,6 +37,7 @@ r"""Stability metrics the field uses, so that claims about loss spikes are measu
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -70,6 +78,41 @@ def olmo_spike_score(values: Sequence[float], window: int = OLMO_WINDOW,
     if scored <= 0:
         return math.nan
     return len(spike_steps(values, window, sigmas, min_history)) / scored
+
+
+EVENT_GAP = 100  # steps without a 2x-rule spike that end an episode
+EVENT_FLOOR = 0.01  # an episode is an event if its loss reaches this share of the first loss
+
+
+def spike_events(spikes: Sequence[int], train_loss: Sequence[Sequence[float]],
+                 gap: int = EVENT_GAP, floor: float = EVENT_FLOOR) -> list[int]:
+    """The first step of each spike event (see the module doc). ``spikes``: the 2x-rule
+    steps; ``train_loss``: [[step, loss], ...] as recorded (every k-th step on long runs: a
+    spike step counts if a loss recorded within k steps of it reaches the floor)."""
+    if not (isinstance(gap, int) and gap >= 1):
+        raise ValueError(f"gap: expected an integer >= 1, got {gap!r}")
+    if not floor > 0:
+        raise ValueError(f"floor: expected a number > 0, got {floor!r}")
+    if not spikes or not train_loss:
+        return []
+    steps = [step for step, _ in train_loss]
+    stride = steps[1] - steps[0] if len(steps) > 1 else 1
+    threshold = floor * train_loss[0][1]
+
+    def high(spike: int) -> bool:  # a recorded loss near it reaches the floor (or diverged)
+        i = bisect.bisect_left(steps, spike - stride)
+        j = bisect.bisect_right(steps, spike + stride)
+        return any(not math.isfinite(loss) or loss >= threshold for _, loss in train_loss[i:j])
+
+    events: list[int] = []
+    last = None
+    for spike in sorted(spikes):
+        if not high(spike):
+            continue
+        if last is None or spike - last > gap:
+            events.append(spike)
+        last = spike
+    return events
 
 
 def curvature_flags(curvature: Sequence[Sequence[float]], factor: float = 2.0,
