@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "that ships with Python; tiny Shakespeare: "
                             "shakespeare_char/input.txt)")
     bench.add_argument("--resume", action="store_true",
-                       help="skip the runs already in OUT/results.jsonl")
+                       help="skip the runs already in OUT/results.jsonl and continue unfinished "
+                            "ones from their checkpoints (OUT/checkpoints/)")
+    bench.add_argument("--checkpoint-every", type=_at_least(1), default=None, metavar="K",
+                       help="steps between checkpoints of a run in progress (default 1000)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--workers", type=_at_least(1), default=1, metavar="W",
                        help="runs at a time, each in its own process (default 1)")
@@ -112,7 +115,8 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         runs = preset.runs(args.seeds, first_seed=args.first_seed,
                            only=None if args.only is None else tuple(args.only))
-        run_bench(runs, args.out, preset=preset.name, device=args.device,
+        every = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
+        run_bench(runs, args.out, preset=preset.name, device=args.device, **every,
                   resume=args.resume, progress=not args.no_progress, workers=args.workers)
     except (*_USER_ERRORS, FileExistsError) as err:
         print(f"deo bench: error: {err}", file=sys.stderr)

@@ -56,3 +56,23 @@ class PerturbedGD(Optimizer):
             p.add_((n * scale).to(p.device, p.dtype))
         self.last_perturbation = self.steps
         self.perturbations += 1
+
+    # The counters and the noise generator are not per-parameter state, so torch's state_dict
+    # would drop them: a resumed run would perturb at other steps, with other noise.
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["pgd"] = {"steps": self.steps, "last_perturbation": self.last_perturbation,
+                        "perturbations": self.perturbations,
+                        "generator": self.generator.get_state()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "pgd" not in state_dict:
+            raise ValueError("state_dict: not a PerturbedGD state (no 'pgd' entry with its "
+                             "counters and generator)")
+        state_dict = dict(state_dict)
+        ours = state_dict.pop("pgd")
+        super().load_state_dict(state_dict)
+        self.steps, self.last_perturbation = ours["steps"], ours["last_perturbation"]
+        self.perturbations = ours["perturbations"]
+        self.generator.set_state(ours["generator"])

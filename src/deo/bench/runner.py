@@ -2,7 +2,9 @@
 
 Every run goes through ``run_one``: the same loop, the same closure, for every optimizer.
 ``run_bench`` appends each finished run to ``results.jsonl`` (flushed and fsynced), so an
-interrupted bench keeps every finished run and ``resume=True`` skips them.
+interrupted bench keeps every finished run and ``resume=True`` skips them. A run in
+progress writes a checkpoint every ``checkpoint_every`` steps (run_checkpoint.py), and
+``resume=True`` continues it from there, bit for bit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from ..optimizer import DEO
 from .files import ensure_writable_folder, folder_lock
+from . import run_checkpoint
 from .optimizers import build_optimizer, parse_optimizer
 from .oracle import OracleDEO
 from .stability import olmo_spike_score, spike_steps
@@ -38,9 +41,19 @@ from .task import (
 )
 
 
+CHECKPOINT_EVERY = 1000  # steps between checkpoints of a run in progress
+
+
 def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: str = "cpu",
-            progress: bool = True) -> RunRecord:
-    """Train ``task`` with ``optimizer`` from ``seed``; never raises on divergence."""
+            progress: bool = True, checkpoint: Path | None = None,
+            checkpoint_every: int = CHECKPOINT_EVERY) -> RunRecord:
+    """Train ``task`` with ``optimizer`` from ``seed``; never raises on divergence.
+
+    ``checkpoint``: a file to write the run's progress to every ``checkpoint_every`` steps;
+    if it exists, the run continues from it (the caller deletes it once the record is kept).
+    """
+    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+        raise ValueError(f"checkpoint_every: expected an integer >= 1, got {checkpoint_every!r}")
     device = torch.device(device)
     task.setup(seed, device)
     spec = parse_optimizer(optimizer)
@@ -62,9 +75,14 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     peak_rss = _resident_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    start, elapsed_before = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        resumed = run_checkpoint.load(checkpoint, record.key, task, opt)
+        start, elapsed_before, peak_rss = resumed.step, resumed.elapsed, resumed.peak_rss
+        record, losses, norms = resumed.record, resumed.losses, resumed.norms
     started = time.perf_counter()
-    bar = _progress(task.steps, f"{task.name} {optimizer} s{seed}", progress)
-    for step in range(task.steps):
+    bar = _progress(task.steps, f"{task.name} {optimizer} s{seed}", progress, initial=start)
+    for step in range(start, task.steps):
         ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
         for group, scale in zip(opt.param_groups, scales):
             group["lr"] = task.lr_at(step) * scale * ramp
@@ -108,9 +126,14 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
             _evaluate(task, opt, step + 1, record)
         if step % 10 == 0 or (step + 1) % task.eval_every == 0:
             peak_rss = max(peak_rss, _resident_bytes())
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 \
+                and step + 1 < task.steps:
+            elapsed = elapsed_before + time.perf_counter() - started
+            run_checkpoint.save(checkpoint, run_checkpoint.Progress(
+                step + 1, record, losses, norms, elapsed, peak_rss), task, opt)
         bar.update(1)
     bar.close()
-    record.wall_time = time.perf_counter() - started
+    record.wall_time = elapsed_before + time.perf_counter() - started
     record.seconds_per_step = record.wall_time / max(1, len(losses))
     record.spikes = count_spikes(losses)
     record.spike_score_loss = _finite_or_none(olmo_spike_score(losses))
@@ -150,39 +173,58 @@ def _evaluate(task: Task, opt, step: int, record: RunRecord) -> None:
 
 def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str | Path, *,
               preset: str = "", device: str = "cpu", resume: bool = False,
-              progress: bool = True, workers: int = 1) -> list[dict]:
+              progress: bool = True, workers: int = 1,
+              checkpoint_every: int = CHECKPOINT_EVERY) -> list[dict]:
     """Run each (task factory, optimizer, seed) not yet in out_dir/results.jsonl.
 
     ``workers`` > 1 runs that many at a time in separate processes (each with its share of
     the CPU threads; on one GPU they share it). This process alone writes results.jsonl, one
     record as each run finishes, so an interruption keeps every finished run either way.
+    Each run in progress keeps a checkpoint in out_dir/checkpoints/ (every
+    ``checkpoint_every`` steps), deleted once its record is written; ``resume=True`` skips
+    the finished runs and continues the unfinished ones from their checkpoints.
     """
+    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+        raise ValueError(f"checkpoint_every: expected an integer >= 1, got {checkpoint_every!r}")
     out_dir = ensure_writable_folder(out_dir, "--out")
     with folder_lock(out_dir):  # a second bench on the same folder stops here
-        return _run_locked(list(runs), out_dir, preset, device, resume, progress, workers)
+        return _run_locked(list(runs), out_dir, preset, device, resume, progress, workers,
+                           checkpoint_every)
 
 
 def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, progress: bool,
-                workers: int) -> list[dict]:
+                workers: int, checkpoint_every: int) -> list[dict]:
     path = out_dir / RESULTS_FILE
     done = finished_keys(path)
-    if done and not resume:
-        raise FileExistsError(f"{path} already holds {len(done)} finished runs; pass --resume "
-                              f"to skip them and run the rest, or choose another --out")
+    unfinished = run_checkpoint.unfinished(out_dir)
+    if (done or unfinished) and not resume:
+        raise FileExistsError(f"{out_dir} already holds {len(done)} finished runs and "
+                              f"{len(unfinished)} unfinished ones; pass --resume to skip the "
+                              f"first, continue the second and run the rest, or choose "
+                              f"another --out")
     todo, checked = [], set()
     for make_task, optimizer, seed in runs:
         task = make_task()
-        if run_key(task.name, optimizer, seed) in done:
+        key = run_key(task.name, optimizer, seed)
+        if key in done:  # and a checkpoint left by a crash after its record was written
+            run_checkpoint.remove(run_checkpoint.checkpoint_path(out_dir, key))
             continue
         if task.name not in checked:  # bad data fails here, not in every run
             task.check()
             checked.add(task.name)
         todo.append((make_task, optimizer, seed))
     records = []
+
+    def keep(record: dict) -> None:  # the record first: a crash in between loses nothing
+        records.append(record)
+        append_record(path, record)
+        if not str(record.get("status", "ok")).startswith("error"):  # an error run retries
+            run_checkpoint.remove(run_checkpoint.checkpoint_path(out_dir, record["key"]))
+
     if workers <= 1:
         for make_task, optimizer, seed in todo:
-            records.append(_run_and_record(make_task, optimizer, seed, preset, device, progress))
-            append_record(path, records[-1])
+            keep(_run_and_record(make_task, optimizer, seed, preset, device, progress,
+                                 out_dir, checkpoint_every))
         return records
     for make_task, _, _ in todo:
         try:
@@ -196,20 +238,21 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
     with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(_run_and_record, make_task, optimizer, seed, preset, device,
-                               False) for make_task, optimizer, seed in todo]
+                               False, out_dir, checkpoint_every)
+                   for make_task, optimizer, seed in todo]
         for future in as_completed(futures):
-            records.append(future.result())
-            append_record(path, records[-1])
+            keep(future.result())
     return records
 
 
 def _run_and_record(make_task, optimizer: str, seed: int, preset: str, device: str,
-                    progress: bool) -> dict:
+                    progress: bool, out_dir: Path, checkpoint_every: int) -> dict:
     """One run's record as JSON; a run that raises is recorded as an error, not raised."""
     task = make_task()
+    checkpoint = run_checkpoint.checkpoint_path(out_dir, run_key(task.name, optimizer, seed))
     try:
-        return run_one(task, optimizer, seed, preset=preset, device=device,
-                       progress=progress).to_json()
+        return run_one(task, optimizer, seed, preset=preset, device=device, progress=progress,
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every).to_json()
     except Exception as err:  # one broken run must not stop the bench: record it
         failed = RunRecord(task.name, optimizer, seed, preset, {"task": task.config()},
                            status=f"error: {type(err).__name__}: {err}"[:500])
@@ -255,14 +298,15 @@ def _resident_bytes() -> int:
         return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _progress(total: int, description: str, enabled: bool):
+def _progress(total: int, description: str, enabled: bool, initial: int = 0):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # progress bars are a nicety; the bench runs without them
         enabled = False
     if not enabled:
         return _NoBar()
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+    # a resumed run's bar starts where its checkpoint left off
+    return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True)
 
 
 class _NoBar:

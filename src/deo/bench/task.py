@@ -94,6 +94,39 @@ class Task:
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if _is_plain(v)}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a run in progress needs of the task to continue exactly (run_checkpoint.py):
+        the state of every module, generator and tensor it holds (models, the data order,
+        parameters of the small problems). Built by ``setup``, so a resumed run calls
+        ``setup(seed, device)`` first and then ``load_state_dict``."""
+        state: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Module):
+                state[name] = value.state_dict()
+            elif isinstance(value, torch.Generator):
+                state[name] = value.get_state()
+            elif _is_tensors(value):
+                state[name] = [t.detach().clone() for t in _as_list(value)]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``'s values in place (an optimizer built on this task's
+        parameters keeps pointing at them)."""
+        ours = self.state_dict()
+        if set(state) != set(ours):
+            raise ValueError(f"task {self.name!r}: the checkpoint holds {sorted(state)}, this "
+                             f"task {sorted(ours)}: a checkpoint of another task")
+        with torch.no_grad():
+            for name, saved in state.items():
+                value = getattr(self, name)
+                if isinstance(value, torch.nn.Module):
+                    value.load_state_dict(saved)
+                elif isinstance(value, torch.Generator):
+                    value.set_state(saved)
+                else:
+                    for target, source in zip(_as_list(value), saved, strict=True):
+                        target.copy_(source)
+
 
 @dataclass
 class RunRecord:
@@ -182,6 +215,16 @@ def spike_indices(losses: list[float], factor: float = SPIKE_FACTOR,
 def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR,
                  window: int = SPIKE_WINDOW) -> int:
     return len(spike_indices(losses, factor, window))
+
+
+def _is_tensors(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, (list, tuple)) and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value))
+
+
+def _as_list(value: Any) -> list[torch.Tensor]:
+    return [value] if isinstance(value, torch.Tensor) else list(value)
 
 
 def _is_plain(value: Any) -> bool:
