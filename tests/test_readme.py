@@ -64,8 +64,9 @@ def test_every_marker_is_found_once_and_precedes_a_python_fence():
 def test_readme_training_loop_runs_and_probes(capsys):
     opt = run_snippet("usage")["opt"]
     steps = 100  # the example's 100 batches
-    # one displaced gradient per probe step (steps 0, interval, ...), one per escape trial
-    expected = math.ceil(steps / opt.config.interval) + int(opt.stats["escape_trials"])
+    # probes_per_update displaced gradients per probe step (0, interval, ...), one per trial
+    expected = math.ceil(steps / opt.config.interval) * opt.config.probes_per_update + \
+        int(opt.stats["escape_trials"])
     assert int(opt.stats["extra_gradients"]) == expected
     assert torch.isfinite(opt.curvature)
     assert "curvature along N" in capsys.readouterr().out
@@ -77,7 +78,8 @@ def test_readme_two_phase_loop_runs_and_probes():
     namespace = run_snippet("usage")
     opt = run_snippet("two-phase", namespace)["opt"]
     steps = len(namespace["data"])
-    expected = math.ceil(steps / opt.config.interval) + int(opt.stats["escape_trials"])
+    expected = math.ceil(steps / opt.config.interval) * opt.config.probes_per_update + \
+        int(opt.stats["escape_trials"])
     assert int(opt.stats["extra_gradients"]) == expected
     assert int(opt.stats["inconsistent_probes"]) == 0  # both passes saw the same batches
     assert torch.isfinite(opt.curvature)

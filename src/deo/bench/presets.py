@@ -90,7 +90,7 @@ def policy_optimizers(base: str, *, oracle: bool = False,
     only, for the slow LM settings), and on small problems the oracle with the recommended
     settings."""
     ritz = f"deo-{base}-ritz"
-    names = (base, recommended(base), frozen(base, SECOND_FROZEN),
+    names = (base, recommended(base), frozen(base, THIRD_FROZEN), frozen(base, SECOND_FROZEN),
              frozen(base, FIRST_FROZEN), f"deo-{base}",
              f"{ritz}:alpha_rule=curvature", f"{ritz}:trigger=spike")
     if every_policy:
