@@ -117,7 +117,12 @@ def run(split: str, out: Path, seeds: int | None) -> list[dict]:
                                          "escape_step": record.escape_step,
                                          "escape_evaluations": record.escape_evaluations,
                                          "gradient_evaluations": record.gradient_evaluations})
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    records = {}  # one record per key: a second process on the same file may repeat some
+    for line in path.read_text().splitlines():
+        if line:
+            record = json.loads(line)
+            records.setdefault(record["key"], record)
+    return list(records.values())
 
 
 def cost(record: dict) -> int:

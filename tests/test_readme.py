@@ -24,7 +24,7 @@ from deo.bench.optimizers import recommended as bench_recommended
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(r"^<!-- test: ([\w-]+) -->\n```python\n(.*?)^```", flags=re.S | re.M)
-NAMES = ("usage", "recommended", "two-phase")  # the markers these tests use
+NAMES = ("usage", "recommended", "two-phase", "stability")  # the markers these tests use
 
 
 def marked_snippets() -> dict[str, tuple[int, str]]:
@@ -106,3 +106,16 @@ def test_readme_recommended_configuration_is_the_benchmarks():
 def test_marker_lookup_names_the_example(name):
     line, code = marked_snippets()[name]
     assert README.read_text().splitlines()[line - 1] == code.splitlines()[0]
+
+
+def test_readme_stability_snippet_is_the_benchmarks_frozen_configuration():
+    namespace = run_snippet("stability", {"torch": torch, "deo": deo,
+                                          "model": torch.nn.Linear(3, 1)})
+    config = namespace["stable"].config
+    spec = parse_optimizer(bench_recommended("adamw", "stability"))
+    assert config.rotation == spec.rotation == "ritz"
+    assert {key: getattr(config, key) for key in spec.options} == spec.options
+    # the paragraph under it spells the frozen settings out: they must be the code's
+    text = README.read_text()
+    spelled = ", ".join(f"{key}={value!r}" for key, value in deo.recommended("stability").items())
+    assert f"`{spelled.replace(chr(39), chr(34))}`" in text.replace("\n  ", " ")
