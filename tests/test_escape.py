@@ -95,3 +95,82 @@ def test_steps_shorter_than_the_displacement_are_not_tried():
     before = x.detach().clone()
     opt.step(quadratic_closure(x, hessian))
     assert torch.equal(x.detach(), before) and int(opt.stats["escape_trials"]) == 0
+
+
+# -- the line search (escape_rule="search") ---------------------------------------------------
+
+def searching(x, **kwargs):
+    return checked(x, escape_rule="search", escape_step=1.0, **kwargs)
+
+
+def test_the_first_segment_is_the_offset_along_n_whatever_dr():
+    # near a strict saddle g . N = C x offset: t_0 = |g . N| / |C| is the offset itself
+    for displacement in (1e-8, 1e-2):
+        assert escape.first_search_length(1.0, -2.0, -2.0 * 1e-3, displacement, None) == \
+            pytest.approx(1e-3)
+    assert escape.first_search_length(1.0, -2.0, 0.0, 1e-8, None) == 1e-8  # no slope: dR
+    assert escape.first_search_length(0.5, -2.0, 1.0, 1e-8, 0.1) == 0.1  # capped
+    assert escape.first_search_length(1.0, 2.0, 1.0, 1e-8, None) == 0.0  # convex: none
+
+
+@pytest.mark.parametrize("ratio, slope, tried, expected", [
+    (1.0, -1.0, 1, escape.SEARCH_GROWTH),  # the model held: SEARCH_GROWTH x longer
+    (0.5, -1.0, 1, None),  # kept, but the model held less well than EXPAND: stop
+    (1.0, 0.5, 1, None),  # past the bottom along d: stop
+    (1.0, -1.0, escape.SEARCH_TRIALS, None),  # the trials are spent
+])
+def test_the_search_grows_only_while_the_model_holds_and_the_loss_descends(ratio, slope, tried,
+                                                                           expected):
+    assert escape.next_search_length(1.0, ratio, slope, tried, 1.0, None) == expected
+
+
+def test_the_search_stops_at_the_trust_cap():
+    assert escape.next_search_length(1.0, 1.0, -1.0, 1, 1.0, 3.0) == 2.0  # 3 - 1 left
+    assert escape.next_search_length(1.0, 1.0, -1.0, 1, 3.0, 3.0) is None
+
+
+def test_on_a_quadratic_the_search_covers_the_geometric_series_in_one_probe_step():
+    # f = x_0^2 / 2 - x_1^2: the model holds exactly (rho = 1), so every segment is kept and
+    # 4x longer than the last, until the trials are spent
+    hessian = torch.diag(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    x = torch.nn.Parameter(torch.tensor([0.0, 1e-6], dtype=torch.float64))
+    opt = searching(x, displacement=1e-4)
+    opt.step(quadratic_closure(x, hessian))
+    trials = escape.SEARCH_TRIALS
+    expected = 1e-6 * (1 + sum(escape.SEARCH_GROWTH ** k for k in range(trials)))
+    assert float(x.detach()[1]) == pytest.approx(expected, rel=1e-9)  # t_0 = the offset
+    assert (int(opt.stats["escapes"]), int(opt.stats["escape_trials"])) == (trials, trials)
+    assert int(opt.stats["extra_gradients"]) == 2 + trials  # the rotation's two, then these
+
+
+def test_the_search_stops_before_the_well_and_keeps_the_last_good_segment():
+    # f = x_0^2 / 2 - x_1^2 + x_1^4, well at |x_1| = 0.71: segments 1e-3 x 4^k are kept while
+    # the quadratic model holds (rho >= 0.75), and the one that crosses the well is not
+    x = torch.nn.Parameter(torch.tensor([0.0, 1e-3], dtype=torch.float64))
+    opt = searching(x)
+    seen = []
+    step = opt.base.step
+    opt.base.step = lambda closure=None: (seen.append(x.detach().clone()), step())[-1]
+    opt.step(quartic_closure(x))
+    position = abs(float(seen[-1][1]))
+    assert 0.2 < position < 0.71  # well out of the saddle, not past the well
+    # every kept segment was 4x the last: the position is a partial geometric sum of 1e-3
+    kept = int(opt.stats["escapes"])
+    assert kept >= 3
+    # (t_0 = |g . N| / |C| = 1e-3 to 1e-5: the quartic term)
+    growth = escape.SEARCH_GROWTH
+    assert position == pytest.approx(1e-3 * (1 + sum(growth ** k for k in range(kept))),
+                                     rel=1e-4)
+    assert int(opt.stats["escape_trials"]) in (kept, kept + 1)  # at most one rejected
+
+
+def test_the_search_needs_no_well_chosen_displacement():
+    # the same start, dR 1e-8 or 1e-2: the search lands at the same point
+    ends = []
+    for displacement in (1e-8, 1e-2):
+        x = torch.nn.Parameter(torch.tensor([0.0, 1e-3], dtype=torch.float64))
+        opt = searching(x, displacement=displacement, probes_per_update=1)
+        opt.direction[0].copy_(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        opt.step(quartic_closure(x))
+        ends.append(x.detach().clone())
+    torch.testing.assert_close(ends[0], ends[1], rtol=1e-3, atol=0)

@@ -117,7 +117,8 @@ def test_missing_loss_fn_is_a_clear_error_on_probe_steps_only():
 
 
 def test_oracle_names_parse_and_build():
-    assert set(ORACLE_NAMES) == {"deo-oracle-sgd", "deo-oracle-adam", "deo-oracle-adamw"}
+    assert set(ORACLE_NAMES) == {"deo-oracle-gd", "deo-oracle-sgd", "deo-oracle-adam",
+                                 "deo-oracle-adamw"}
     assert not set(ORACLE_NAMES) & set(NAMES)  # the quick preset stays as it was
     spec = parse_optimizer("deo-oracle-adamw:alpha=1,interval=3")
     assert (spec.base, spec.rotation, spec.options) == ("adamw", "oracle",

@@ -24,7 +24,7 @@ from deo.bench.optimizers import recommended as bench_recommended
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(r"^<!-- test: ([\w-]+) -->\n```python\n(.*?)^```", flags=re.S | re.M)
-NAMES = ("usage", "recommended", "two-phase")  # the markers these tests use
+NAMES = ("usage", "recommended", "two-phase", "stability")  # the markers these tests use
 
 
 def marked_snippets() -> dict[str, tuple[int, str]]:
@@ -64,8 +64,9 @@ def test_every_marker_is_found_once_and_precedes_a_python_fence():
 def test_readme_training_loop_runs_and_probes(capsys):
     opt = run_snippet("usage")["opt"]
     steps = 100  # the example's 100 batches
-    # one displaced gradient per probe step (steps 0, interval, ...), one per escape trial
-    expected = math.ceil(steps / opt.config.interval) + int(opt.stats["escape_trials"])
+    # probes_per_update displaced gradients per probe step (0, interval, ...), one per trial
+    expected = math.ceil(steps / opt.config.interval) * opt.config.probes_per_update + \
+        int(opt.stats["escape_trials"])
     assert int(opt.stats["extra_gradients"]) == expected
     assert torch.isfinite(opt.curvature)
     assert "curvature along N" in capsys.readouterr().out
@@ -77,7 +78,8 @@ def test_readme_two_phase_loop_runs_and_probes():
     namespace = run_snippet("usage")
     opt = run_snippet("two-phase", namespace)["opt"]
     steps = len(namespace["data"])
-    expected = math.ceil(steps / opt.config.interval) + int(opt.stats["escape_trials"])
+    expected = math.ceil(steps / opt.config.interval) * opt.config.probes_per_update + \
+        int(opt.stats["escape_trials"])
     assert int(opt.stats["extra_gradients"]) == expected
     assert int(opt.stats["inconsistent_probes"]) == 0  # both passes saw the same batches
     assert torch.isfinite(opt.curvature)
@@ -104,3 +106,16 @@ def test_readme_recommended_configuration_is_the_benchmarks():
 def test_marker_lookup_names_the_example(name):
     line, code = marked_snippets()[name]
     assert README.read_text().splitlines()[line - 1] == code.splitlines()[0]
+
+
+def test_readme_stability_snippet_is_the_benchmarks_frozen_configuration():
+    namespace = run_snippet("stability", {"torch": torch, "deo": deo,
+                                          "model": torch.nn.Linear(3, 1)})
+    config = namespace["stable"].config
+    spec = parse_optimizer(bench_recommended("adamw", "stability"))
+    assert config.rotation == spec.rotation == "ritz"
+    assert {key: getattr(config, key) for key in spec.options} == spec.options
+    # the paragraph under it spells the frozen settings out: they must be the code's
+    text = README.read_text()
+    spelled = ", ".join(f"{key}={value!r}" for key, value in deo.recommended("stability").items())
+    assert f"`{spelled.replace(chr(39), chr(34))}`" in text.replace("\n  ", " ")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import deo
-from deo.bench.optimizers import THIRD_FROZEN, frozen, parse_optimizer
+from deo.bench.optimizers import FOURTH_FROZEN, frozen, parse_optimizer
 from deo.bench.optimizers import recommended as bench_recommended
 from deo.bench.presets import LR_SWEEP_OPTIMIZERS, build_preset, stability_optimizers
 from deo.config import GOALS
@@ -28,10 +28,9 @@ def test_each_goal_builds_the_optimizer_the_bench_runs(goal):
     assert config == opt.config
 
 
-def test_the_saddle_goal_is_the_third_frozen_configuration_the_records_name():
-    # records written before goals existed carry this name; the reports must still match them
+def test_the_saddle_goal_is_the_fourth_frozen_configuration():
     assert bench_recommended("sgd") == bench_recommended("sgd", "saddle") == \
-        frozen("sgd", THIRD_FROZEN)
+        frozen("sgd", FOURTH_FROZEN)
 
 
 def test_the_stability_goal_is_a_contender_of_every_stability_preset():

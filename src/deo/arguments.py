@@ -134,13 +134,15 @@ def _as_groups(params) -> list[dict[str, Any]]:
 
 def with_displacement(config: DEOConfig, param_groups: list[dict[str, Any]]) -> DEOConfig:
     """``config`` with dR resolved (None: 10 x the first group's lr) and checked against the
-    parameters' dtype."""
+    parameters' dtype; ``"auto"`` stays, for each probe step (displacement.py)."""
     if config.displacement is None:
         lr = param_groups[0].get("lr")
         if lr is None or not float(lr) > 0:
             raise ValueError(f"displacement: None means 10 x the first group's lr, but that lr "
                              f"is {lr!r}; pass displacement= explicitly (a float > 0)")
         config = dataclasses.replace(config, displacement=10.0 * float(lr))
+    if config.displacement == "auto":  # resolved at each probe step: always above round-off
+        return config
     check_displacement(config.displacement,
                        [p for group in param_groups for p in group["params"]])
     return config

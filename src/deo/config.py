@@ -26,7 +26,7 @@ Scope = Literal["global", "tensor"]
 AlphaRule = Literal["fixed", "curvature"]
 IntervalRule = Literal["fixed", "angle"]
 Trigger = Literal["always", "spike"]
-EscapeRule = Literal["fixed", "checked"]
+EscapeRule = Literal["fixed", "checked", "search"]
 
 # Finite values past these are typing errors, and they overflow float32 arithmetic in the
 # step (alpha (g.N), lr HN, theta + dR N) instead of failing where they were passed.
@@ -46,7 +46,8 @@ class DEOConfig:
             the base optimizer).
         interval: a probe step every ``interval`` steps, an integer >= 1 (paper: 10).
         displacement: dR > 0, the length of the dimer; ``None`` uses 10 x the first group's
-            lr at construction (the paper's rule of thumb). One length along one unit N over
+            lr at construction (the paper's rule of thumb); ``"auto"`` sqrt(eps) max(|theta|,
+            1) at each probe step, the forward-difference rule (deo/displacement.py). One length along one unit N over
             all parameters, so a setting and not a per-group hyperparameter: per-group
             lengths D would measure H D N instead of H N.
         rotation_lr: step size of the ``"oja"`` rotation, >= 0 (paper: 1e-3).
@@ -73,10 +74,14 @@ class DEOConfig:
             turns, between 1 and 4 x ``interval``).
         trigger: ``"always"`` (paper) or ``"spike"`` (the base optimizer alone until the
             loss jumps).
-        escape_step: s >= 0; on probe steps with C < 0 also move s |C| along N, downhill.
+        escape_step: s >= 0; on probe steps with C < 0 also move along N, downhill: s |C|
+            (``"fixed"``, ``"checked"``) or a search from s |g.N| / |C|
+            (``"search"``); 0: no escape step.
         escape_trust: ``None`` or k > 0: cap the escape step at k dR.
-        escape_rule: ``"fixed"`` (take the escape step after the base step) or ``"checked"``
-            (a trust region: try it first, keep it only if the loss fell; deo/escape.py).
+        escape_rule: ``"fixed"`` (take the escape step after the base step), ``"checked"``
+            (a trust region: try it first, keep it only if the loss fell) or ``"search"``
+            (a line search along N from s |g.N| / |C|, 4x longer per kept segment;
+            deo/escape.py).
         step_rule: ``"base"`` (the base optimizer's step as it is) or ``"sharpness"`` (with
             ``rotation="update"``: on probe steps, cut the step's component along N to the
             quadratic model's minimum where the probed curvature says it overshoots;
@@ -85,7 +90,7 @@ class DEOConfig:
 
     alpha: float = 5.0
     interval: int = 10
-    displacement: float | None = None
+    displacement: float | Literal["auto"] | None = None
     rotation_lr: float = 1e-3
     rotation: Rotation = "oja"
     target: Target = "min"
@@ -129,12 +134,13 @@ FIELDS = tuple(f.name for f in dataclasses.fields(DEOConfig))
 # here before it was judged on problems and seeds it had not been chosen on; the bench runs
 # these same settings (deo.bench.optimizers.recommended), so docs, bench and code agree.
 RECOMMENDED: dict[str, dict[str, Any]] = {
-    # The checked negative-curvature step alone (the third frozen; docs/results.md). Chosen on
-    # the saddle suite: with SGD 0.27x and 0.32x of SGD's iterations on the two strict saddles,
-    # 0.35x on the monkey saddle, 0.93x on the deep linear net. On the paper's GPTs it ties
-    # AdamW or ends just behind it (0.009 on the complex one): it does not beat AdamW there.
-    "saddle": {"rotation": "ritz", "alpha": 0.0, "escape_step": 0.25, "interval": 5,
-               "escape_rule": "checked"},
+    # The line search along N with the scale-free dimer (the fourth frozen; docs/open-
+    # questions.md section 5): a probe of two Ritz evaluations every 5 steps, dR = sqrt(eps)
+    # max(|theta|, 1), and from s |g.N| / |C| segments 8x longer while the model holds. Chosen
+    # on the saddle suite's selection split (five problems, each baseline at its best lr),
+    # where it was the best of the candidates on GD and SGD; judged on the other split.
+    "saddle": {"rotation": "ritz", "alpha": 0.0, "interval": 5, "probes_per_update": 2,
+               "escape_step": 1.0, "escape_rule": "search", "displacement": "auto"},
     # The hybrid: the base optimizer bit for bit until the loss jumps 1.2x over its running
     # mean, then the paper's correction (Ritz, alpha 5) for the next 10 steps. Chosen on
     # Adam's slingshot, seeds 0-2, as the only DEO mode that met the AdamW-relative spike
@@ -148,7 +154,7 @@ GOALS = tuple(RECOMMENDED)
 
 def recommended(goal: str) -> dict[str, Any]:
     """The keyword arguments for ``deo.DEO`` that the docs recommend for ``goal``, one of
-    ``GOALS``: ``"saddle"`` (leaving strict saddles with SGD) or ``"stability"`` (fewer
+    ``GOALS``: ``"saddle"`` (leaving saddles with GD or SGD) or ``"stability"`` (fewer
     loss spikes with Adam-type bases); ``DEO(params, base, **recommended(goal), lr=...)``
     or ``DEOConfig(**recommended(goal))``. A new dict on every call.
 
@@ -233,9 +239,9 @@ def _check_numbers(c: DEOConfig) -> None:
         value = getattr(c, name)
         if not (_is_int(value) and value >= 1):
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    if c.displacement is not None and not _finite_in(c.displacement, 0, DISPLACEMENT_LIMIT,
-                                                     open_low=True):
-        raise ValueError(f"displacement: expected None or a finite float > 0 and <= "
+    if c.displacement not in (None, "auto") and not _finite_in(
+            c.displacement, 0, DISPLACEMENT_LIMIT, open_low=True):
+        raise ValueError(f"displacement: expected None, 'auto' or a finite float > 0 and <= "
                          f"{DISPLACEMENT_LIMIT:g}, got {c.displacement!r}")
     if not _finite_in(c.rotation_lr, 0, ROTATION_LR_LIMIT):
         raise ValueError(f"rotation_lr: expected a finite float >= 0 and <= "

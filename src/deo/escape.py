@@ -1,5 +1,6 @@
 r"""The checked negative-curvature step (``escape_rule="checked"``): a trial step along N that
-is kept only if the loss, as the gradients at both ends of the step measure it, fell.
+is kept only if the loss, as the gradients at both ends of the step measure it, fell; and
+the line search built on it (``escape_rule="search"``).
 
 The plain rule (``"fixed"``, ``escape_along_negative_curvature_``) trusts the
 quadratic model that the probe measured over dR and moves ``s |C|`` along N: on strict
@@ -25,6 +26,26 @@ measured) is not tried and r doubles instead, so a model that keeps rejecting pa
 trial only every few probes. Each trial is one more gradient evaluation, counted in
 ``stats["extra_gradients"]``; ``stats["escapes"]`` and ``stats["escape_trials"]`` count the
 kept and the tried steps.
+
+The line search (``"search"``) sizes the step from the problem instead of from dR or from
+s |C| (a curvature, not a length). Its first segment is the length at which the probe's
+quadratic model along d balances its linear term, from where the parameters are now:
+
+.. math::
+    t_0 = s\,|g \cdot N| / |C| \quad (s\,dR \text{ where } g \cdot N = 0),
+
+which near a strict saddle is about the current offset from the saddle along N (there
+g.N ~ C x offset), whatever the scale of the problem and whatever dR.
+Each segment of length t_k from the current point p is judged like the checked step, with
+the slope a = g_p . d there and its own secant C_k; a kept segment moves the parameters,
+and while its rho >= ``EXPAND`` and the slope at the new point still descends, the next one
+is ``SEARCH_GROWTH`` (8) times longer, up to ``SEARCH_TRIALS`` segments per probe step (and a
+total of k dR with ``escape_trust``). A rejected segment ends the search where the last kept
+one left the parameters. So the distance covered grows geometrically, about 8^k t_0 after k kept
+segments (8 was chosen over 4 and 16 on the saddle suite's selection split,
+benchmarks/results/saddle-suite-cpu/): out of a saddle that gradient descent leaves by a
+factor (1 + lr |C|) per step in a handful of gradient evaluations. It carries no state
+between probe steps.
 
 The functions here are pure: they take the trust radius (``EscapeState``) and return the new
 one; probe_step.py runs the trial's evaluation and moves the parameters.
@@ -69,6 +90,34 @@ def next_radius(radius: float, length: float, ratio: float) -> float:
     if ratio >= EXPAND:
         return max(radius, 2.0 * length)
     return radius
+
+
+SEARCH_GROWTH = 8.0  # each kept segment of the line search is followed by one this much longer
+SEARCH_TRIALS = 8  # segments (gradient evaluations) per probe step at most
+
+
+def first_search_length(scale: float, curvature: float, slope: float, displacement: float,
+                        longest: float | None) -> float:
+    """t_0 = s |g . N| / |C| (s dR where g . N = 0), capped at ``longest``; 0 where C >= 0
+    or C is NaN."""
+    if not curvature < 0:
+        return 0.0
+    length = scale * (abs(slope) / -curvature or displacement)
+    return length if longest is None else min(length, longest)
+
+
+def next_search_length(length: float, ratio: float, slope: float, trials: int,
+                       travelled: float, longest: float | None) -> float | None:
+    """The next segment after a kept one of ``length`` (trust ratio ``ratio``, ``slope`` =
+    g . d at the new point, ``trials`` segments tried, ``travelled`` the distance covered),
+    or None: the search stops when the model held less well than ``EXPAND``, the loss no
+    longer descends along d, the trials are spent or the cap is reached."""
+    if ratio < EXPAND or not slope < 0 or trials >= SEARCH_TRIALS:
+        return None
+    following = SEARCH_GROWTH * length
+    if longest is not None:
+        following = min(following, longest - travelled)
+    return following if following > 0 else None
 
 
 def longest_step(config: DEOConfig, displacement: float) -> float | None:

@@ -15,6 +15,7 @@ from .amp import finite_after_unscale, main_grads_scale, record_overflow
 from .config import FIELDS, DEOConfig, with_overrides
 from .corrections import clip_, correct_and_clip_
 from .displaced import capture_rng_state
+from .displacement import displacement_for
 from .escape import escape_along_negative_curvature_, longest_step
 from .probe_step import MISSING_CLOSURE, StepPasses
 from .state import RULE_STATES, DEOState, Statistics
@@ -230,7 +231,8 @@ class DEO(Optimizer):
                     and projection is not None:
                 escape_along_negative_curvature_(self._params(), s.direction, projection,
                                                  s.stats.curvature, c.escape_step,
-                                                 longest_step(c, c.displacement))
+                                                 longest_step(c, displacement_for(
+                                                     c, self._params())))
         if track:
             s.rule, _ = sharpness.after_step_(
                 params, before, s.direction, None if projection is None else float(projection),

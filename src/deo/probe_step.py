@@ -14,6 +14,7 @@ It reads and writes only what it is given: the parameters, their gradients, and 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from . import escape
 from .config import DEOConfig
 from .dimer import Evaluations, Rotation, RuleSettings, blocks, working_dtype
 from .displaced import DisplacedGradients, InconsistentProbe, NonFiniteProbe
+from .displacement import displacement_for
 from .distributed import copy_, dot
 from .state import DEOState
 
@@ -73,7 +75,8 @@ class ProbeStep:
                  rule: Callable[..., Evaluations], rng_before: dict, loss: Any, *,
                  scale: float | None = None, main_scale: float = 1.0) -> None:
         self.params, self.state, self.config = params, state, config
-        self.displacement, self.rng_before = config.displacement, rng_before
+        self.displacement = displacement_for(config, params)
+        self.rng_before = rng_before
         self.scale, self.main_scale = scale, main_scale
         self.settings = RuleSettings(budget=config.probes_per_update, lr=config.rotation_lr,
                                      memory=config.hessian_memory, window=config.ritz_window,
@@ -200,19 +203,37 @@ class ProbeStep:
 
     def _start_trial(self) -> None:
         config, state = self.config, self.state
-        if not (config.escape_step > 0 and config.escape_rule == "checked"):
+        if not (config.escape_step > 0 and config.escape_rule in ("checked", "search")):
             return
         with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
-        curvature = float(state.stats.curvature)
-        length, state.escape = escape.plan_trial(state.escape, config, curvature,
-                                                 self.displacement)
-        if length is None or not with_grad:  # nothing to try, or nothing to descend along
+        if not with_grad:  # nothing to descend along
             return
-        self.with_grad = with_grad
-        self.slope = float(dot([self.params[i].grad for i in with_grad],
-                               [state.direction[i] for i in with_grad])) / self.main_scale
-        self.length, self.curvature = length, curvature
-        self.trial = -length if self.slope > 0 else length  # theta + trial N descends
+        curvature = float(state.stats.curvature)
+        self.with_grad, self.curvature = with_grad, curvature
+        self.slope = self._slope()
+        self.longest = escape.longest_step(config, self.displacement)
+        if config.escape_rule == "search":
+            length = escape.first_search_length(config.escape_step, curvature, self.slope,
+                                                self.displacement, self.longest)
+            length = length or None
+            self.tried, self.travelled = 0, 0.0
+        else:
+            length, state.escape = escape.plan_trial(state.escape, config, curvature,
+                                                     self.displacement)
+        if length is not None:
+            self._try(length)
+
+    def _slope(self) -> float:
+        """g . N at the parameters as they are now (the main pass's scale removed)."""
+        return float(dot([self.params[i].grad for i in self.with_grad],
+                         [self.state.direction[i] for i in self.with_grad])) / self.main_scale
+
+    def _try(self, length: float, sign: float | None = None) -> None:
+        """Open the trial of ``length`` along d = sign N from the current point; by default
+        sign = -sign(g . N) (+1 where g . N = 0), so that d descends."""
+        self.sign = sign if sign is not None else (-1.0 if self.slope > 0 else 1.0)
+        self.length = length
+        self.trial = self.sign * length  # theta + trial N
         self.evaluator = self._evaluator(loss=None)
 
     def _finish_trial(self) -> None:
@@ -229,8 +250,14 @@ class ProbeStep:
         state.escape_trials += 1
         state.extra_gradients += 1
         secant = None if change is None else float(dot(change, state.direction))
-        kept, state.escape = escape.judge_trial(state.escape, self.length, -abs(self.slope),
-                                                self.curvature, secant)
+        slope = -abs(self.slope)
+        if self.config.escape_rule == "search":
+            ratio = -math.inf if secant is None else \
+                escape.trust_ratio(slope, self.curvature, secant, self.length)
+            kept = not ratio < escape.ACCEPT
+        else:
+            kept, state.escape = escape.judge_trial(state.escape, self.length, slope,
+                                                    self.curvature, secant)
         if not kept:
             return
         state.escapes += 1
@@ -239,6 +266,15 @@ class ProbeStep:
             grads = [self.params[i].grad for i in self.with_grad]  # g' = g + t (g' - g) / t
             torch._foreach_add_(grads, [change[i] for i in self.with_grad],
                                 alpha=signed * self.main_scale)
+        if self.config.escape_rule == "search":
+            self.tried += 1
+            self.travelled += self.length
+            self.slope = self._slope()  # g . N at the new point
+            along = self.sign * self.slope  # the slope along d, the same d as before
+            following = escape.next_search_length(self.length, ratio, along, self.tried,
+                                                  self.travelled, self.longest)
+            if following is not None:  # along < 0 here: -|g . N| is the slope along d
+                self._try(following, self.sign)
 
     def _evaluator(self, loss: Any) -> DisplacedGradients:
         scale = 1.0 if self.scale is None else self.scale

@@ -90,7 +90,7 @@ def policy_optimizers(base: str, *, oracle: bool = False,
     only, for the slow LM settings), and on small problems the oracle with the recommended
     settings."""
     ritz = f"deo-{base}-ritz"
-    names = (base, recommended(base), frozen(base, SECOND_FROZEN),
+    names = (base, recommended(base), frozen(base, THIRD_FROZEN), frozen(base, SECOND_FROZEN),
              frozen(base, FIRST_FROZEN), f"deo-{base}",
              f"{ritz}:alpha_rule=curvature", f"{ritz}:trigger=spike")
     if every_policy:
@@ -159,11 +159,12 @@ def _policies_gpt(size: str) -> Callable[[str | None], Runs]:
 def stability_optimizers() -> tuple[str, ...]:
     """The stability presets' contenders: AdamW, AdamW with each standard remedy alone, the
     maintained stability optimizers, DEO as the paper has it (Oja, Ritz, the hybrid trigger),
-    the saddle recommendation, the stability recommendation (frozen after the slingshot's
+    the saddle recommendation of the time (the third frozen), the stability recommendation (frozen after the slingshot's
     seeds 0-2, so it is last among the modes there), the damping of the maximum-curvature direction, the trust
     region on the curvature along the update, and two read-outs of AdamW itself."""
     return ("adamw", *REMEDIES, *STABILITY_BASELINES, "deo-adamw", "deo-adamw-ritz",
-            "deo-adamw-ritz:trigger=spike", recommended("adamw"),
+            # the saddle recommendation when these presets were built (the third frozen)
+            "deo-adamw-ritz:trigger=spike", frozen("adamw", THIRD_FROZEN),
             "deo-adamw-ritz:target=max,alpha=0.5",
             "deo-adamw-update:alpha=0,step_rule=sharpness", recommended("adamw", "stability"),
             # read-outs: AdamW's own steps bit for bit (alpha 0), with the curvature along

@@ -119,6 +119,12 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
         if record.escape_step is None and task.escape_threshold is not None \
                 and value < task.escape_threshold:
             record.escape_step = step
+            # every gradient so far: the main passes (this one included), probes and trials
+            record.escape_evaluations = step + 1 + (
+                int(opt.stats["extra_gradients"]) if isinstance(opt, DEO) else 0)
+            if task.stop_on_escape:  # the saddle suite counts the escape, not the rest
+                bar.update(1)
+                break
         if not math.isfinite(value):
             record.status = "diverged"
             break

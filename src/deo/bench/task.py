@@ -24,6 +24,8 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
                   "inconsistent_probes", "escapes", "escape_trials"}, ...] or []
     final        {**last evaluation's metrics, "train_loss": mean of the last 10% of steps}
     escape_step  first step whose loss fell below task.escape_threshold, or None
+    escape_evaluations  the gradient evaluations up to and including that step (DEO's probes
+                 and escape trials included), or None
     spikes       count of steps with loss >= 2x the (positive) mean of the previous 100 steps
     grad_norm    [[step, |g|], ...] like train_loss: the main pass's gradient norm, before
                  any correction or clipping
@@ -67,6 +69,7 @@ class Task:
     lr: float = 1e-3
     max_grad_norm: float | None = None
     escape_threshold: float | None = None  # saddle tasks: "escaped" once loss < this
+    stop_on_escape: bool = False  # end the run at the escape step (the saddle suite)
     deo_displacement: float | None = None  # None: DEO's default, 10 x lr
 
     def setup(self, seed: int, device: torch.device) -> None:
@@ -140,6 +143,7 @@ class RunRecord:
     deo: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     escape_step: int | None = None
+    escape_evaluations: int | None = None
     spikes: int = 0
     grad_norm: list[list[float]] = field(default_factory=list)
     curvature: list[list[float]] = field(default_factory=list)
