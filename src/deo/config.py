@@ -144,8 +144,10 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
     # The hybrid: the base optimizer bit for bit until the loss jumps 1.2x over its running
     # mean, then the paper's correction (Ritz, alpha 5) for the next 10 steps. Chosen on
     # Adam's slingshot, seeds 0-2, as the only DEO mode that met the AdamW-relative spike
-    # targets there (docs/stability.md); dR 1e-2 is the length it was measured with. It does
-    # not match ADOPT there, and its verdict on fresh seeds and settings is in that page.
+    # targets there (docs/stability.md); dR 1e-2 is the length it was measured with. Judged
+    # on fresh slingshot seeds 3-5 and on a GPT at lr 0.3 it missed every target, and on the
+    # GPT it spiked more than AdamW: the best DEO has for the goal, which is not enough. For
+    # fewer spikes the docs recommend ADOPT.
     "stability": {"rotation": "ritz", "alpha": 5.0, "interval": 10, "trigger": "spike",
                   "displacement": 1e-2},
 }
