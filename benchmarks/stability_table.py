@@ -1,7 +1,8 @@
 """The stability metrics of a `deo bench` results folder, side by side (docs/stability.md).
 
 For each optimizer, mean ± spread (half the range) over its seeds: final and best held-out
-loss, the bench's 2x-rule spike count, OLMo 2's spike score on the loss and on the gradient
+loss (finished runs only), the bench's 2x-rule spike count (every run: a diverged one up to
+its divergence, as for the other spike columns), OLMo 2's spike score on the loss and on the gradient
 norm, divergences, gradient evaluations and minutes per run. For DEO runs that recorded the
 probe's curvature, the early-warning read-out (deo.bench.stability.early_warning: flags
 where the curvature exceeds 2x the mean |C| of the 10 probes before, against the run's own
@@ -69,10 +70,10 @@ def row(name: str, runs: list[dict]) -> str:
             f"R {spread([w['recall'] for w in found], '.2f')}, "
             f"lead {spread([w['lead'] for w in found], '.0f')}")
     return (f"| {name} | {len(runs)} | {spread([r['final'].get('loss') for r in ok], '.4f')} | "
-            f"{spread(best, '.4f')} | {spread([r['spikes'] for r in ok])} | "
+            f"{spread(best, '.4f')} | {spread([r.get('spikes') for r in runs])} | "
             f"{spread([len(events(r)) for r in runs])} | "
-            f"{spread([r.get('spike_score_loss') for r in ok], '.4f')} | "
-            f"{spread([r.get('spike_score_grad_norm') for r in ok], '.4f')} | "
+            f"{spread([r.get('spike_score_loss') for r in runs], '.4f')} | "
+            f"{spread([r.get('spike_score_grad_norm') for r in runs], '.4f')} | "
             f"{sum(r.get('status') == 'diverged' for r in runs)} | "
             f"{spread([r['gradient_evaluations'] for r in ok])} | "
             f"{spread([r['wall_time'] / 60 for r in ok], '.1f')} | "
