@@ -358,3 +358,22 @@ def test_loss_against_lr_draws_each_optimizer_over_its_finite_points():
     assert list(lines["adopt"].get_ydata()) == [2.1, 1.4, 1.6]
     assert axes.get_xscale() == "log"
     assert any(list(line.get_ydata()) == [4.2, 4.2] for line in axes.get_lines())
+
+
+def test_the_report_opens_with_the_best_baseline_the_papers_deo_and_the_recommended_one(tmp_path):
+    from deo.bench.optimizers import recommended
+
+    ours = recommended("adamw", "stability")
+    records = [make_record("gpt", name, seed, loss + 0.01 * seed)
+               for name, loss in (("adamw", 2.0), ("sgd", 3.0), ("deo-adamw", 2.2),
+                                  ("deo-adamw-ritz", 1.5), (ours, 1.9))
+               for seed in range(2)]
+    records += [make_record("saddle", name, 0, 0.0, escape_step=step, escape_threshold=0.5)
+                for name, step in (("sgd", 40), ("gd", 60), ("deo-sgd", None),
+                                   (recommended("sgd", "saddle"), 20))]
+    text = report.write_report(tmp_path, records=records).read_text()
+    overview = text[text.index("## Overview"):text.index("## Summary")]
+    # deo-adamw-ritz (1.5) is neither the paper's rule nor a recommendation: in no column
+    assert f"| gpt | adamw: 2.005 | deo-adamw: 2.205 | {ours}: 1.905 |" in overview
+    # a row whose runs never escaped is not the paper's best: none is left, a dash
+    assert f"| saddle | sgd: 40 | — | {recommended('sgd', 'saddle')}: 20 |" in overview

@@ -5,8 +5,10 @@
 
 Per task, in the order tasks first appear in the file: a table with one row per optimizer
 (mean ± sample standard deviation over seeds), a verdict for every DEO variant against its base
-optimizer, plots, and the runs that failed. A summary at the top repeats every verdict, losses
-included, and every failed run.
+optimizer, plots, and the runs that failed. The report opens with an overview, one row per
+task: the best baseline, the best of the paper's DEO rows and the best of the recommended
+configurations (``deo.recommended(goal)`` on any base); then a summary repeats every verdict,
+losses included, and every failed run.
 
 The verdict's metric is the final eval "loss" (lower is better); on saddle tasks it is the
 escape step (lower is better, a run that never escapes is worst). A run counts when it has the
@@ -29,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import GOALS
 from . import plots
 from .files import write_atomically
+from .optimizers import recommended
 from .task import RESULTS_FILE, read_results
 
 REPORT_FILE = "report.md"
@@ -140,8 +144,8 @@ def write_report(out_dir: str | Path, records: Iterable[Run] | None = None,
         failures += [f"- {task}: {line[2:]}" for line in failed_runs(runs)]
     skipped = getattr(records, "skipped_lines", [])
     foreign = getattr(records, "foreign_lines", [])
-    text = "\n".join([*header(title, records, skipped, foreign), *summary(verdicts, failures),
-                      *sections])
+    text = "\n".join([*header(title, records, skipped, foreign),
+                      *overview(group_runs(records)), *summary(verdicts, failures), *sections])
     report_path = out_dir / REPORT_FILE
     write_atomically(report_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return report_path
@@ -312,6 +316,39 @@ def header(title: str, records: Sequence[Run], skipped_lines: Sequence[int],
         lines += [f"Skipped {len(foreign_lines)} line(s) of {RESULTS_FILE} that are JSON but no "
                   f"run record (line {numbers}).", ""]
     return lines
+
+
+PAPER_DEO = re.compile(r"deo-(sgd|adam|adamw|sophia)")  # the paper's rule, as it is
+
+
+def recommended_names() -> set[str]:
+    """Every bench name of ``deo.recommended(goal)``, for every goal and base."""
+    return {recommended(base, goal) for goal in GOALS
+            for base in ("gd", "sgd", "adam", "adamw", "sophia")}
+
+
+def overview(by_task: Mapping[str, RunsByOptimizer]) -> list[str]:
+    """Per task: the best baseline, the paper's DEO and the recommended DEO, each the best of
+    its kind there by the verdicts' metric (mean over the runs that count; saddle tasks: the
+    escape step, and a row none of whose runs escaped is never the best)."""
+    ours = recommended_names()
+    kinds = (("best baseline", lambda name: base_of(name) is None),
+             ("the paper's DEO", lambda name: PAPER_DEO.fullmatch(name) is not None),
+             ("recommended DEO", lambda name: name in ours))
+    lines = ["## Overview", "", "Per task, the best of each kind (final loss; saddle tasks: "
+             "escape step; lower is better). A dash: none of that kind ran.", "",
+             "| task | " + " | ".join(label for label, _ in kinds) + " |",
+             "|---" * (len(kinds) + 1) + "|"]
+    for task, runs in by_task.items():
+        metric = escape_steps if is_saddle_task(runs) else final_values
+        cells = []
+        for _, belongs in kinds:
+            scored = [(spread(values).mean, name) for name, group in runs.items()
+                      if belongs(name) and (values := metric(group))]
+            cells.append("—" if not scored else
+                         "{1}: {0}".format(_number(min(scored)[0]), min(scored)[1]))
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def summary(verdicts: Sequence[Verdict], failures: Sequence[str]) -> list[str]:
