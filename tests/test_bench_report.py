@@ -371,9 +371,11 @@ def test_the_report_opens_with_the_best_baseline_the_papers_deo_and_the_recommen
     records += [make_record("saddle", name, 0, 0.0, escape_step=step, escape_threshold=0.5)
                 for name, step in (("sgd", 40), ("gd", 60), ("deo-sgd", None),
                                    (recommended("sgd", "saddle"), 20))]
+    records[-1]["escape_evaluations"] = 27  # its probes and trials: the cost, not the steps
     text = report.write_report(tmp_path, records=records).read_text()
     overview = text[text.index("## Overview"):text.index("## Summary")]
     # deo-adamw-ritz (1.5) is neither the paper's rule nor a recommendation: in no column
     assert f"| gpt | adamw: 2.005 | deo-adamw: 2.205 | {ours}: 1.905 |" in overview
-    # a row whose runs never escaped is not the paper's best: none is left, a dash
-    assert f"| saddle | sgd: 40 | — | {recommended('sgd', 'saddle')}: 20 |" in overview
+    # a row whose runs never escaped is not the paper's best: none is left, a dash; the
+    # baseline's cost is its steps + 1 (one gradient each), DEO's what it recorded
+    assert f"| saddle | sgd: 41 | — | {recommended('sgd', 'saddle')}: 27 |" in overview
