@@ -28,6 +28,7 @@ from pathlib import Path
 from deo.bench.optimizers import frozen
 from deo.bench.optimizers import recommended as bench_recommended
 from deo.bench.runner import append_record, run_one
+from deo.bench.octopus import Octopus
 from deo.bench.saddle import DeepLinear, MatrixSensing, MonkeySaddle, QuadraticSaddle
 from deo.bench.saddle_problems import (
     AsymmetricMF,
@@ -65,6 +66,9 @@ JUDGMENT = {
                       "degenerate"),
     "deep-linear-5": (lambda instance: DeepLinear(depth=5, instance_seed=instance, steps=STEPS),
                       "degenerate"),
+    # Du et al. 2017's tube of 3 saddles (two to leave): GD's time grows geometrically with d;
+    # added after the fourth configuration was frozen, and judged like the rest of this split
+    "octopus-3": (lambda instance: Octopus(dimension=3, steps=1500), "strict"),
 }
 SPLITS = {"selection": (SELECTION, 0, range(0, 5)), "judgment": (JUDGMENT, 1, range(5, 10))}
 
