@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from functools import partial
 from pathlib import Path
 
+from deo.bench.octopus import Octopus
 from deo.bench.optimizers import frozen
 from deo.bench.optimizers import recommended as bench_recommended
 from deo.bench.runner import append_record, run_one
-from deo.bench.octopus import Octopus
 from deo.bench.saddle import DeepLinear, MatrixSensing, MonkeySaddle, QuadraticSaddle
 from deo.bench.saddle_problems import (
     AsymmetricMF,

@@ -2,8 +2,8 @@
 
 For each optimizer, mean ± spread (half the range) over its seeds: final and best held-out
 loss (finished runs only), the bench's 2x-rule spike count (every run: a diverged one up to
-its divergence, as for the other spike columns), OLMo 2's spike score on the loss and on the gradient
-norm, divergences, gradient evaluations and minutes per run. For DEO runs that recorded the
+its divergence, as for the other spike columns), OLMo 2's spike score on the loss and on the
+gradient norm, divergences, gradient evaluations and minutes per run. For DEO runs that recorded the
 probe's curvature, the early-warning read-out (deo.bench.stability.early_warning: flags
 where the curvature exceeds 2x the mean |C| of the 10 probes before, against the run's own
 2x-rule spikes, lead 20 to 200 steps).

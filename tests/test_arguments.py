@@ -16,7 +16,8 @@ def params():
     ({"interval": 0}, ValueError, r"interval: expected an integer >= 1"),
     ({"interval": 2.5}, ValueError, r"interval"),
     ({"interval": True}, ValueError, r"interval"),
-    ({"displacement": 0.0}, ValueError, r"displacement: expected None, 'auto' or a finite float > 0"),
+    ({"displacement": 0.0}, ValueError,
+     r"displacement: expected None, 'auto' or a finite float > 0"),
     ({"displacement": -1e-3}, ValueError, r"displacement"),
     ({"displacement": math.inf}, ValueError, r"displacement"),
     ({"rotation_lr": -1e-3}, ValueError, r"rotation_lr: expected a finite float >= 0"),
@@ -36,7 +37,8 @@ def params():
     ({"trigger": "loss"}, ValueError, r"trigger: expected one of \['always', 'spike'\]"),
     ({"escape_step": -1.0}, ValueError, r"escape_step: expected a finite float >= 0"),
     ({"escape_trust": 0.0}, ValueError, r"escape_trust: expected None or a finite float > 0"),
-    ({"escape_rule": "trust"}, ValueError, r"escape_rule: expected one of \[.fixed., .checked., .search.\]"),
+    ({"escape_rule": "trust"}, ValueError,
+     r"escape_rule: expected one of \[.fixed., .checked., .search.\]"),
     ({"escape_step": 1.0, "scope": "tensor"}, ValueError, r"escape_step: .* scope='global'"),
 ])
 def test_invalid_settings_name_the_argument(kwargs, error, match):

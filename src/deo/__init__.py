@@ -1,8 +1,8 @@
 """deo: Dimer-Enhanced Optimization for PyTorch.
 
 ``deo.DEO`` wraps any ``torch.optim`` optimizer; ``deo.DEOConfig`` holds its settings and
-``deo.recommended(goal)`` the keyword arguments we recommend for a goal; ``deo.hessian`` gives exact Hessian
-ground truth for checking the curvature estimate.
+``deo.recommended(goal)`` the keyword arguments we recommend for a goal; ``deo.hessian`` gives
+exact Hessian ground truth for checking the curvature estimate.
 """
 
 from . import hessian

@@ -46,10 +46,11 @@ class DEOConfig:
             the base optimizer).
         interval: a probe step every ``interval`` steps, an integer >= 1 (paper: 10).
         displacement: dR > 0, the length of the dimer; ``None`` uses 10 x the first group's
-            lr at construction (the paper's rule of thumb); ``"auto"`` sqrt(eps) max(|theta|,
-            1) at each probe step, the forward-difference rule (deo/displacement.py). One length along one unit N over
-            all parameters, so a setting and not a per-group hyperparameter: per-group
-            lengths D would measure H D N instead of H N.
+            lr at construction (the paper's rule of thumb); ``"auto"`` sqrt(eps)
+            max(|theta|, 1) at each probe step, the forward-difference rule
+            (deo/displacement.py). One length along one unit N over all parameters, so a
+            setting and not a per-group hyperparameter: per-group lengths D would measure
+            H D N instead of H N.
         rotation_lr: step size of the ``"oja"`` rotation, >= 0 (paper: 1e-3).
         rotation: how N turns: ``"oja"`` (the paper's rule, correct sign), ``"ritz"``
             (Rayleigh-Ritz, no step size, ``scope="global"``) or ``"update"`` (N := the

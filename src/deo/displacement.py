@@ -27,9 +27,9 @@ gradients carry bf16's round-off (eps 3.9e-3) while the rule sees float32, and i
 short there: on a 20-64-1 tanh MLP (|theta| = 4.9, Ritz, 30 steps) "auto" (1.7e-3) read
 C = -0.34 where the exact curvature along its N was -0.20, while 1e-2 read -0.40 against
 -0.37 and 3.5e-2 -0.40 against -0.38 (float32 without autocast: -0.41 against -0.40 for
-all three). Under bf16 autocast pass a float, about 10x the float32 value. The floor max(., 1) is where the rule is
-not scale-free: for |theta| < 1 it keeps dR above round-off rather than shrinking it with
-theta (a start next to a saddle at the origin).
+all three). Under bf16 autocast pass a float, about 10x the float32 value. The floor
+max(., 1) is where the rule is not scale-free: for |theta| < 1 it keeps dR above round-off
+rather than shrinking it with theta (a start next to a saddle at the origin).
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ class DEO(Optimizer):
 
     and on every step it hands the base optimizer :math:`g - \alpha (g\cdot N) N`, clipped
     to ``max_grad_norm`` if set. Settings: ``config`` (a ``DEOConfig``, e.g.
-    ``DEOConfig(**deo.recommended(goal))``) with keyword overrides of its fields; other keywords go to
-    ``base`` when it is a class; ``params=None`` when ``base`` is an instance.
+    ``DEOConfig(**deo.recommended(goal))``) with keyword overrides of its fields; other
+    keywords go to ``base`` when it is a class; ``params=None`` when ``base`` is an instance.
 
     Two calling conventions, bit-identical where both apply (docs/usage.md): ``step(closure)``
     (called again on probe steps with the same RNG state, module buffers restored), or the

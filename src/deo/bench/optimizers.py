@@ -86,7 +86,8 @@ def frozen(base: str, settings: str) -> str:
     return f"deo-{base}-ritz:{settings}"
 
 
-ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("gd", "sgd", "adam", "adamw"))  # not in NAMES: slow
+# not in NAMES: slow
+ORACLE_NAMES = tuple(f"deo-oracle-{b}" for b in ("gd", "sgd", "adam", "adamw"))
 UPDATE_NAMES = tuple(f"deo-{b}-update" for b in BASES if b != "pgd")  # not in NAMES: new
 # plain gradient descent (SGD without momentum), a baseline of the saddle suite only
 GD_NAMES = ("gd", "deo-gd", "deo-gd-ritz")

@@ -161,9 +161,10 @@ def _policies_gpt(size: str) -> Callable[[str | None], Runs]:
 def stability_optimizers() -> tuple[str, ...]:
     """The stability presets' contenders: AdamW, AdamW with each standard remedy alone, the
     maintained stability optimizers, DEO as the paper has it (Oja, Ritz, the hybrid trigger),
-    the saddle recommendation of the time (the third frozen), the stability recommendation (frozen after the slingshot's
-    seeds 0-2, so it is last among the modes there), the damping of the maximum-curvature direction, the trust
-    region on the curvature along the update, and two read-outs of AdamW itself."""
+    the saddle recommendation of the time (the third frozen), the stability recommendation
+    (frozen after the slingshot's seeds 0-2, so it is last among the modes there), the damping
+    of the maximum-curvature direction, the trust region on the curvature along the update,
+    and two read-outs of AdamW itself."""
     return ("adamw", *REMEDIES, *STABILITY_BASELINES, "deo-adamw", "deo-adamw-ritz",
             # the saddle recommendation when these presets were built (the third frozen)
             "deo-adamw-ritz:trigger=spike", frozen("adamw", THIRD_FROZEN),

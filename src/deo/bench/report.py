@@ -360,7 +360,7 @@ def overview(by_task: Mapping[str, RunsByOptimizer]) -> list[str]:
             scored = [(spread(values).mean, name) for name, group in runs.items()
                       if belongs(name) and (values := metric(group))]
             cells.append("—" if not scored else
-                         "{1}: {0}".format(_number(min(scored)[0]), min(scored)[1]))
+                         f"{min(scored)[1]}: {_number(min(scored)[0])}")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from ..optimizer import DEO
-from .files import ensure_writable_folder, folder_lock
 from . import run_checkpoint
+from .files import ensure_writable_folder, folder_lock
 from .optimizers import build_optimizer, parse_optimizer
 from .oracle import OracleDEO
 from .stability import olmo_spike_score, spike_steps
@@ -39,7 +39,6 @@ from .task import (
     run_key,
     spike_indices,
 )
-
 
 CHECKPOINT_EVERY = 1000  # steps between checkpoints of a run in progress
 
