@@ -148,7 +148,7 @@ def test_the_bench_command_passes_the_checkpoint_interval(tmp_path, monkeypatch)
 
     monkeypatch.setattr("deo.bench.runner.run_bench", fake_run_bench)
     monkeypatch.setattr("deo.bench.report.write_report", lambda out, title: out)
-    assert cli.main(["bench", "--preset", "quick", "--only", "adamw", "--out", str(tmp_path),
+    assert cli.main(["bench", "--preset", "quick", "--only", "deo-adamw", "--out", str(tmp_path),
                      "--checkpoint-every", "250", "--no-progress"]) == 0
     assert seen["checkpoint_every"] == 250
     with pytest.raises(SystemExit):

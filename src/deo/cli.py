@@ -113,11 +113,23 @@ def _bench(args: argparse.Namespace) -> int:
 
     preset = build_preset(args.preset, data=args.data)
     try:
-        runs = preset.runs(args.seeds, first_seed=args.first_seed,
-                           only=None if args.only is None else tuple(args.only))
+        only = None if args.only is None else tuple(args.only)
+        runs = preset.runs(args.seeds, first_seed=args.first_seed, only=only)
         every = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
-        run_bench(runs, args.out, preset=preset.name, device=args.device, **every,
-                  resume=args.resume, progress=not args.no_progress, workers=args.workers)
+        settings = {"preset": preset.name, "device": args.device, "progress": not args.no_progress,
+                    "workers": args.workers, **every}
+        resume = args.resume
+        tuned = [name for name in preset.tuned if only is None or name in only]
+        if tuned:  # the short grid first, then each tuned baseline at its best lr
+            from .bench.task import RESULTS_FILE, read_results
+            from .bench.tuning import tuned_runs, tuning_runs
+
+            run_bench(tuning_runs(preset.tasks, tuned), args.out, resume=resume, **settings)
+            records, _, _ = read_results(Path(args.out) / RESULTS_FILE)
+            seeds = range(args.first_seed, args.first_seed + (args.seeds or preset.seeds))
+            runs = tuned_runs(preset.tasks, tuned, records, seeds) + runs
+            resume = True  # the grid's records are this bench's own
+        run_bench(runs, args.out, resume=resume, **settings)
     except (*_USER_ERRORS, FileExistsError) as err:
         print(f"deo bench: error: {err}", file=sys.stderr)
         return 2

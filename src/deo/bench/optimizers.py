@@ -12,6 +12,7 @@
                                            with step_rule=sharpness, a trust region on it)
     deo-oracle-<base>                      N from Lanczos on the exact batch Hessian (oracle.py;
                                            sgd, adam, adamw; slow: small models only)
+    <name>@lr=<value>                      any of these at a tuned lr (deo bench --tune)
     <name>:key=value,key=value             any of the above with DEO settings changed,
                                            e.g. "deo-adamw:interval=5", "deo-adamw:alpha=1",
                                            "deo-sgd-ritz:alpha_rule=curvature,escape_step=0.25"
@@ -24,6 +25,7 @@ perturbed gradient descent is ours (pgd.py), since no maintained package has it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +118,21 @@ class OptimizerSpec:
 
 
 def parse_optimizer(name: str) -> OptimizerSpec:
-    """'deo-adamw-ritz:interval=5' -> OptimizerSpec(base='adamw', rotation='ritz', {...})."""
+    """'deo-adamw-ritz:interval=5' -> OptimizerSpec(base='adamw', rotation='ritz', {...}).
+
+    A suffix '@lr=<value>' names a run at a tuned learning rate (tuning.py); the task carries
+    that lr, the name records it."""
+    name_without_lr, at, tuned = name.partition("@")
+    if at:
+        value = tuned.removeprefix("lr=")
+        try:
+            lr = float(value)
+        except ValueError:
+            lr = math.nan
+        if not (tuned.startswith("lr=") and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"optimizer {name!r}: expected '<name>@lr=<a float > 0>' after "
+                             f"the '@', got {tuned!r}")
+        return dataclasses.replace(parse_optimizer(name_without_lr), name=name)
     head, _, tail = name.partition(":")
     known = NAMES + ORACLE_NAMES + UPDATE_NAMES + GD_NAMES + STABILITY_BASELINES + \
         tuple(REMEDIES)

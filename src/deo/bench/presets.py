@@ -27,6 +27,8 @@ from .task import Task
 from .vision import DigitsCNN, DigitsMLP, Slingshot
 
 ALL_OPTIMIZERS = NAMES
+# the baselines that the presets with a tuning stage also run at their own tuned lr
+TUNED_BASELINES = ("sgd", "adam", "adamw", "sophia", "pgd")
 # the quick bench shows what we recommend beside the paper's rule (the report's overview)
 QUICK_OPTIMIZERS = (*NAMES, recommended("sgd", "saddle"), recommended("adamw", "stability"))
 LM_OPTIMIZERS = ("adamw", "deo-adamw", "deo-adamw-ritz")
@@ -39,6 +41,7 @@ class Preset:
     optimizers: tuple[str, ...]
     seeds: int = 1
     description: str = ""
+    tuned: tuple[str, ...] = ()  # also run at their own tuned lr (tuning.py)
 
     def runs(self, seeds: int | None = None, first_seed: int = 0,
              only: tuple[str, ...] | None = None) -> list[tuple[Callable[[], Task], str, int]]:
@@ -218,19 +221,23 @@ class PresetSpec:
     build: Callable[[str | None], Runs]
     description: str
     seeds: int = 1
+    tuned: tuple[str, ...] = ()  # the baselines that also run at their own tuned lr
 
 
 REGISTRY: dict[str, PresetSpec] = {
     "quick": PresetSpec(
         lambda data: (quick_tasks(data), QUICK_OPTIMIZERS),
-        "every task at reduced size, every optimizer and the recommended configurations, "
-        "1 seed (~3 min, 2 CPUs)"),
+        "every task at reduced size, every optimizer and the recommended configurations, the "
+        "baselines also at their own tuned lr, 1 seed (~5 min, 2 CPUs)",
+        tuned=TUNED_BASELINES),
     "paper-small": PresetSpec(
         _paper("small"), "the paper's small GPT setting (design.md, section 4), 20000 "
-                         "iterations, every optimizer (GPU recommended)"),
+                         "iterations, every optimizer, the baselines also at their own tuned "
+                         "lr (GPU recommended)", tuned=TUNED_BASELINES),
     "paper-complex": PresetSpec(
         _paper("complex"), "the paper's complex GPT setting (design.md, section 4), 20000 "
-                           "iterations, every optimizer (GPU recommended)"),
+                           "iterations, every optimizer, the baselines also at their own "
+                           "tuned lr (GPU recommended)", tuned=TUNED_BASELINES),
     "ablation-f": PresetSpec(
         _ablation_f, "DEO-AdamW (paper and Ritz rotation) with probe interval f in {5, 10, 20}"),
     "sweep-alpha": PresetSpec(
@@ -285,4 +292,5 @@ def build_preset(name: str, data: str | None = None) -> Preset:
     if spec is None:
         raise ValueError(f"preset: unknown {name!r}; expected one of {list(PRESETS)}")
     tasks, optimizers = spec.build(data)
-    return Preset(name, tasks, optimizers, seeds=spec.seeds, description=spec.description)
+    return Preset(name, tasks, optimizers, seeds=spec.seeds, description=spec.description,
+                  tuned=spec.tuned)
