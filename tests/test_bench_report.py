@@ -372,6 +372,7 @@ def test_the_report_opens_with_the_best_baseline_the_papers_deo_and_the_recommen
                 for name, step in (("sgd", 40), ("gd", 60), ("deo-sgd", None),
                                    (recommended("sgd", "saddle"), 20))]
     records[-1]["escape_evaluations"] = 27  # its probes and trials: the cost, not the steps
+    records.append(make_record("gpt-tune", "sgd@lr=0.1", 0, 0.5))  # a grid's short run
     text = report.write_report(tmp_path, records=records).read_text()
     overview = text[text.index("## Overview"):text.index("## Summary")]
     # deo-adamw-ritz (1.5) is neither the paper's rule nor a recommendation: in no column
@@ -379,3 +380,4 @@ def test_the_report_opens_with_the_best_baseline_the_papers_deo_and_the_recommen
     # a row whose runs never escaped is not the paper's best: none is left, a dash; the
     # baseline's cost is its steps + 1 (one gradient each), DEO's what it recorded
     assert f"| saddle | sgd: 41 | — | {recommended('sgd', 'saddle')}: 27 |" in overview
+    assert "gpt-tune" not in overview and "## gpt-tune" in text  # in its own section only

@@ -35,6 +35,7 @@ from ..config import GOALS
 from . import plots
 from .files import write_atomically
 from .optimizers import recommended
+from .tuning import TUNE_SUFFIX
 from .task import RESULTS_FILE, read_results
 
 REPORT_FILE = "report.md"
@@ -354,6 +355,8 @@ def overview(by_task: Mapping[str, RunsByOptimizer]) -> list[str]:
              "| task | " + " | ".join(label for label, _ in kinds) + " |",
              "|---" * (len(kinds) + 1) + "|"]
     for task, runs in by_task.items():
+        if task.endswith(TUNE_SUFFIX):  # the short runs of the lr grid: their own sections
+            continue
         metric = escape_costs if is_saddle_task(runs) else final_values
         cells = []
         for _, belongs in kinds:
