@@ -35,8 +35,8 @@ from ..config import GOALS
 from . import plots
 from .files import write_atomically
 from .optimizers import recommended
-from .tuning import TUNE_SUFFIX
 from .task import RESULTS_FILE, read_results
+from .tuning import TUNE_SUFFIX
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
