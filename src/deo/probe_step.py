@@ -210,16 +210,17 @@ class ProbeStep:
             return
         curvature = float(state.stats.curvature)
         self.with_grad, self.curvature = with_grad, curvature
-        self.slope = self._slope()
         self.longest = escape.longest_step(config, self.displacement)
         if config.escape_rule == "search":
+            self.slope = self._slope() if curvature < 0 else 0.0  # no sync without a search
             length = escape.first_search_length(config.escape_step, curvature, self.slope,
-                                                self.displacement, self.longest)
-            length = length or None
+                                                self.displacement, self.longest) or None
             self.tried, self.travelled = 0, 0.0
         else:
             length, state.escape = escape.plan_trial(state.escape, config, curvature,
                                                      self.displacement)
+            if length is not None:  # the slope only where a trial is made (a host sync)
+                self.slope = self._slope()
         if length is not None:
             self._try(length)
 
