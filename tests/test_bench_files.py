@@ -99,3 +99,19 @@ def test_records_name_the_data_file_by_name_and_hash_not_by_path(tmp_path):
     assert record["config"]["task"]["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert str(tmp_path) not in json.dumps(record)
     assert torch.isfinite(torch.tensor(record["final"]["loss"]))
+
+
+def test_committed_results_name_no_path_of_the_machine_that_ran_them():
+    """Records name a data file by its name and hash: an absolute path in a committed result
+    names a folder of one machine only (and says nothing elsewhere)."""
+    import re
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    pattern = re.compile(r'"(/(?:work|tmp|home|Users|root|mnt|data)/[^"]*)"')
+    found = {}
+    for path in sorted(results.rglob("*.json*")):
+        hits = pattern.findall(path.read_text(encoding="utf-8", errors="replace"))
+        if hits:
+            found[str(path.relative_to(results))] = hits[:2]
+    assert not found, f"absolute paths in committed results: {found}"
