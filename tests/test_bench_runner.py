@@ -230,3 +230,32 @@ def test_records_name_the_steps_each_spike_rule_counts():
     record = run_one(Jump(), "adamw", 0, progress=False)
     assert record.spike_steps == {"2x": [250], "olmo_loss": [250], "olmo_grad_norm": []}
     assert record.spikes == 1 and record.spike_score_loss == pytest.approx(1 / 200)
+
+
+def test_the_authors_rows_decay_every_tensor_and_their_deo_adamw_uses_beta2_0999(monkeypatch):
+    from deo.bench import runner
+    from deo.bench.lm import CharLM
+    from deo.bench.presets import build_preset
+
+    built = {}
+    real = runner.build_optimizer
+
+    def spy(name, groups, **kwargs):
+        opt, spec = real(name, groups, **kwargs)
+        built[name] = opt
+        return opt, spec
+
+    monkeypatch.setattr(runner, "build_optimizer", spy)
+    task = dict(name="lm", steps=2, eval_every=2, eval_iters=1, block_size=8, batch_size=2,
+                model_overrides={"n_layer": 1, "n_head": 1, "n_embd": 8})
+    for name in ("adam", "adam-authors", "deo-adamw", "deo-adamw-authors"):
+        assert run_one(CharLM(**task), name, 0, progress=False).status == "ok"
+    decays = {name: sorted({g["weight_decay"] for g in opt.param_groups})
+              for name, opt in built.items()}
+    assert decays["adam"] == decays["deo-adamw"] == [0.0, 0.1]  # 2-D tensors only
+    assert decays["adam-authors"] == decays["deo-adamw-authors"] == [0.1]  # every tensor
+    assert type(built["adam-authors"]).__name__ == "Adam"  # coupled weight decay
+    assert built["deo-adamw-authors"].param_groups[0]["betas"] == (0.9, 0.999)
+    assert built["deo-adamw"].param_groups[0]["betas"] == (0.9, 0.99)
+    assert built["deo-adamw-authors"].config.rotation == "oja"
+    assert {"adam-authors", "deo-adamw-authors"} <= set(build_preset("paper-small").optimizers)

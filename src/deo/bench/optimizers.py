@@ -6,6 +6,9 @@
                                            their documented defaults but the lr)
     adamw-clip1, adamw-beta2-0.95,         AdamW with one standard remedy against spikes:
     adamw-warmup10                         clipping at 1.0, beta2 0.95, a 10% linear warm-up
+    adam-authors, deo-adamw-authors        the paper's Adam and DEO-AdamW as the authors' code
+                                           ran them (weight decay on every tensor; beta2
+                                           0.999 for the second)
     deo-<base>                             DEO in the paper's mode (rotation "oja", its defaults)
     deo-<base>-ritz                        DEO with the scale-free Ritz rotation
     deo-<base>-update                      N along the base's last update (sharpness.py;
@@ -102,6 +105,14 @@ REMEDIES: dict[str, dict[str, Any]] = {
     "adamw-beta2-0.95": {"betas": (0.9, 0.95)},
     "adamw-warmup10": {"warmup_fraction": 0.1},
 }
+# The paper's rows as the authors' code ran them (design.md, section 2): their "Adam" with
+# coupled weight decay 0.1 on every tensor, and their "DEO-AdamW" (the paper's rule) with
+# beta2 0.999, decaying every tensor; the bench's "adam" and "deo-adamw" decay only 2-D
+# tensors and use beta2 0.99 as the AdamW baseline does. name: (base, rotation, what changes)
+AUTHORS_ROWS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "adam-authors": ("adam", None, {"decay_every_tensor": True}),
+    "deo-adamw-authors": ("adamw", "oja", {"decay_every_tensor": True, "betas": (0.9, 0.999)}),
+}
 
 
 @dataclass(frozen=True)
@@ -135,7 +146,7 @@ def parse_optimizer(name: str) -> OptimizerSpec:
         return dataclasses.replace(parse_optimizer(name_without_lr), name=name)
     head, _, tail = name.partition(":")
     known = NAMES + ORACLE_NAMES + UPDATE_NAMES + GD_NAMES + STABILITY_BASELINES + \
-        tuple(REMEDIES)
+        tuple(REMEDIES) + tuple(AUTHORS_ROWS)
     if head not in known:
         raise ValueError(f"optimizer: unknown name {head!r}; expected one of {list(known)}, "
                          f"optionally followed by ':key=value,...' with keys {list(FIELDS)}")
@@ -144,6 +155,11 @@ def parse_optimizer(name: str) -> OptimizerSpec:
             raise ValueError(f"optimizer {name!r}: options (':key=value,...') are for DEO "
                              f"variants only")
         return OptimizerSpec(name, "adamw", None, remedy=REMEDIES[head])
+    if head in AUTHORS_ROWS:
+        if tail:
+            raise ValueError(f"optimizer {name!r}: the authors' rows take no options")
+        base, rotation, changes = AUTHORS_ROWS[head]
+        return OptimizerSpec(name, base, rotation, remedy=changes)
     if head in ORACLE_NAMES:
         base, rotation = head.removeprefix("deo-oracle-"), "oracle"
     elif head.startswith("deo-"):

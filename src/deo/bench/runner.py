@@ -58,7 +58,11 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     spec = parse_optimizer(optimizer)
     max_grad_norm = spec.remedy.get("max_grad_norm", task.max_grad_norm)
     warmup = int(spec.remedy.get("warmup_fraction", 0.0) * task.steps)  # a remedy's warm-up
-    opt, spec = build_optimizer(optimizer, task.param_groups(), lr=task.lr,
+    groups = task.param_groups()
+    if spec.remedy.get("decay_every_tensor"):  # the authors' rows: one group, all decayed
+        groups = [{"params": [p for g in groups for p in g["params"]],
+                   "weight_decay": max(g.get("weight_decay", 0.0) for g in groups)}]
+    opt, spec = build_optimizer(optimizer, groups, lr=task.lr,
                                 base_overrides=getattr(task, "base_overrides", None),
                                 displacement=task.deo_displacement,
                                 max_grad_norm=max_grad_norm)
