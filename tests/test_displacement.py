@@ -59,3 +59,64 @@ def test_auto_follows_the_parameters_and_survives_a_checkpoint():
 def test_bad_displacements_name_the_accepted_values():
     with pytest.raises(ValueError, match="displacement: expected None, 'auto' or a finite"):
         DEOConfig(displacement="automatic")
+
+
+def mlp_and_closure(autocast: bool):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    x, y = torch.randn(256, 20), torch.randn(256, 1)
+
+    def loss_fn():
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    def closure_for(opt):
+        def closure():
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = loss_fn()
+            loss.backward()
+            return loss
+        return closure
+    return model, closure_for, loss_fn
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_auto_sees_bf16_autocast_in_the_closure_and_lengthens_the_dimer(autocast, monkeypatch):
+    import deo.probe_step
+
+    model, closure_for, _ = mlp_and_closure(autocast)
+    seen = []
+    real = deo.probe_step.displacement_for
+
+    def spy(config, params, compute_dtype=None):
+        seen.append((compute_dtype, real(config, params, compute_dtype)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(deo.probe_step, "displacement_for", spy)
+    opt = deo.DEO(model.parameters(), base=torch.optim.SGD, lr=0.0, rotation="ritz",
+                  alpha=0.0, interval=1, displacement="auto", probes_per_update=2)
+    opt.step(closure_for(opt))
+    size = float(torch.linalg.vector_norm(torch.cat([p.detach().flatten()
+                                                     for p in model.parameters()])))
+    eps = torch.finfo(torch.bfloat16 if autocast else torch.float32).eps
+    ((dtype, length),) = seen
+    assert dtype == (torch.bfloat16 if autocast else None)
+    assert length == pytest.approx(math.sqrt(eps) * size, rel=1e-5)
+    assert not torch.nn.modules.module._global_forward_pre_hooks  # no hook outlives a step
+
+
+def test_under_bf16_autocast_auto_reads_the_curvature_that_the_float32_length_misreads():
+    """The MLP of displacement.py's docstring: 30 Ritz steps under bf16 autocast, then the
+    curvature the probe read against the exact one along the N it found (float32 Hessian)."""
+    errors = {}
+    for displacement in ("auto", 1.7e-3):  # 1.7e-3: sqrt(eps float32) x |theta| here
+        model, closure_for, loss_fn = mlp_and_closure(True)
+        opt = deo.DEO(model.parameters(), base=torch.optim.SGD, lr=1e-2, rotation="ritz",
+                      alpha=0.0, interval=1, displacement=displacement, probes_per_update=2)
+        for _ in range(30):
+            opt.step(closure_for(opt))
+        product = deo.hessian.hessian_vector_product(loss_fn, list(model.parameters()),
+                                                     opt.direction)
+        exact = sum(float((h * n).sum()) for h, n in zip(product, opt.direction))
+        errors[displacement] = abs(float(opt.curvature) - exact) / abs(exact)
+    assert errors["auto"] < 0.25 < errors[1.7e-3]  # measured: 0.17 and 1.26

@@ -15,7 +15,7 @@ from .amp import finite_after_unscale, main_grads_scale, record_overflow
 from .config import FIELDS, DEOConfig, with_overrides
 from .corrections import clip_, correct_and_clip_
 from .displaced import capture_rng_state
-from .displacement import displacement_for
+from .displacement import AutocastWatch, displacement_for
 from .escape import escape_along_negative_curvature_, longest_step
 from .probe_step import MISSING_CLOSURE, StepPasses
 from .state import RULE_STATES, DEOState, Statistics
@@ -129,7 +129,10 @@ class DEO(Optimizer):
         state, so that the displaced passes see the main pass's dropout masks."""
         if self._passes is not None:  # passes that broke off (an exception): restore
             self._passes.close()
-        self._passes = StepPasses(capture_rng_state() if self.probe_due() else None)
+        due = self.probe_due()
+        self._passes = StepPasses(capture_rng_state() if due else None)
+        if due and self.config.displacement == "auto":  # dR follows the main pass's precision
+            self._passes.autocast = AutocastWatch()
 
     @torch.no_grad()
     def first_step(self, loss: Any = None, *,
@@ -143,6 +146,8 @@ class DEO(Optimizer):
             raise RuntimeError("DEO.first_step(): call opt.begin_step() before the main pass")
         if passes.plan is None:
             passes.plan, passes.scaler = self._plan(loss), _enabled(grad_scaler)
+        if not passes.plan[0] and passes.autocast is not None:  # no probe after all
+            passes.autocast.stop()
         if passes.plan[0] and passes.probe is None:
             passes.start_probe(self._params(), self.deo_state, self.config, self.rule, loss,
                                main_grads_scale(passes.scaler, self))
@@ -173,6 +178,7 @@ class DEO(Optimizer):
             if scaler is not None:
                 scaler.unscale_(self)
                 if not finite_after_unscale(scaler, self):
+                    self._passes.close()  # nothing was displaced: this ends the watch
                     self._passes = None
                     scaler.update()
                     return loss
@@ -181,6 +187,8 @@ class DEO(Optimizer):
                     displaced = closure()
                 self.second_step(displaced)
         passes, self._passes = self._passes or StepPasses(None), None
+        if passes.autocast is not None:  # the step is decided: no hook outlives it
+            passes.autocast.stop()
         if passes.plan is None:
             if self.probe_due():
                 raise RuntimeError(MISSING_CLOSURE.format(

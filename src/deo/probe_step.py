@@ -27,7 +27,7 @@ from . import escape
 from .config import DEOConfig
 from .dimer import Evaluations, Rotation, RuleSettings, blocks, working_dtype
 from .displaced import DisplacedGradients, InconsistentProbe, NonFiniteProbe
-from .displacement import displacement_for
+from .displacement import AutocastWatch, displacement_for
 from .distributed import copy_, dot
 from .state import DEOState
 
@@ -51,6 +51,7 @@ class StepPasses:
     plan: tuple[bool, bool] | None = None
     scaler: Any = None
     probe: ProbeStep | None = None
+    autocast: AutocastWatch | None = None  # displacement="auto": the main pass's precision
 
     def start_probe(self, params: list[Tensor], state: DEOState, config: DEOConfig,
                     rule: Callable[..., Evaluations], loss: Any, main_scale: float) -> None:
@@ -58,10 +59,13 @@ class StepPasses:
             raise RuntimeError("DEO.first_step(): a probe step, but begin_step() was called "
                                "before it became one; call it before the main pass")
         scale = None if self.scaler is None else float(self.scaler.get_scale())
+        compute_dtype = None if self.autocast is None else self.autocast.stop()
         self.probe = ProbeStep(params, state, config, rule, self.rng, loss, scale=scale,
-                               main_scale=main_scale)
+                               main_scale=main_scale, compute_dtype=compute_dtype)
 
     def close(self) -> None:
+        if self.autocast is not None:
+            self.autocast.stop()
         if self.probe is not None:
             self.probe.close()
 
@@ -73,9 +77,10 @@ class ProbeStep:
 
     def __init__(self, params: list[Tensor], state: DEOState, config: DEOConfig,
                  rule: Callable[..., Evaluations], rng_before: dict, loss: Any, *,
-                 scale: float | None = None, main_scale: float = 1.0) -> None:
+                 scale: float | None = None, main_scale: float = 1.0,
+                 compute_dtype: torch.dtype | None = None) -> None:
         self.params, self.state, self.config = params, state, config
-        self.displacement = displacement_for(config, params)
+        self.displacement = displacement_for(config, params, compute_dtype)
         self.rng_before = rng_before
         self.scale, self.main_scale = scale, main_scale
         self.settings = RuleSettings(budget=config.probes_per_update, lr=config.rotation_lr,
