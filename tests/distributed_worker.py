@@ -41,6 +41,12 @@ CONFIGS = {
     "ddp-ritz-checked-escape": {"wrap": "ddp", "rotation": "ritz", "escape_rule": "checked"},
     "fsdp2-ritz-checked-escape": {"wrap": "fsdp2", "rotation": "ritz",
                                   "escape_rule": "checked"},
+    # the line search decides from gradients too, over several segments, and "auto" reads the
+    # parameters' norm: over DTensor shards it must be the whole vector's on every rank
+    "ddp-ritz-search-auto": {"wrap": "ddp", "rotation": "ritz", "escape_rule": "search",
+                             "displacement": "auto"},
+    "fsdp2-ritz-search-auto": {"wrap": "fsdp2", "rotation": "ritz", "escape_rule": "search",
+                               "displacement": "auto"},
     # the same runs with the passes in the training loop (begin_step/first_step/second_step):
     # TWINS pairs each with its step(closure) config, which it must match bit for bit
     "ddp-ritz-two-phase": {"wrap": "ddp", "rotation": "ritz", "max_grad_norm": 0.5,
@@ -119,7 +125,8 @@ def run_config(name: str, distributed: bool = False) -> dict:
     model = wrap_model(build_model(), config["wrap"] if distributed else None)
     params = list(model.parameters())
     opt = deo.DEO(params, base=torch.optim.AdamW, lr=1e-2, weight_decay=0.1, alpha=5.0,
-                  interval=INTERVAL, displacement=1e-3, rotation=config["rotation"],
+                  interval=INTERVAL, displacement=config.get("displacement", 1e-3),
+                  rotation=config["rotation"],
                   rotation_lr=0.2, scope=config.get("scope", "global"), seed=7,
                   max_grad_norm=config.get("max_grad_norm"),
                   escape_step=1.0 if "escape_rule" in config else 0.0,

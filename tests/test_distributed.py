@@ -30,6 +30,7 @@ FSDP2 = [name for name, c in worker.CONFIGS.items() if c["wrap"] == "fsdp2"]
 needs_fsdp2 = pytest.mark.skipif(not worker.fsdp2_available(),
                                  reason="torch.distributed.fsdp.fully_shard (FSDP2) not in torch")
 CLOSE = {"rtol": 1e-9, "atol": 1e-11}  # float64; DDP/FSDP2 only reorder the sums
+AUTO_CLOSE = {"rtol": 1e-5, "atol": 1e-8}
 
 
 RANKS = 2
@@ -131,16 +132,19 @@ def test_ddp_ranks_hold_identical_parameters_and_n_at_every_step(results, name):
 @pytest.mark.parametrize("name", DDP + [pytest.param(n, marks=needs_fsdp2) for n in FSDP2])
 def test_matches_one_process_on_the_global_batch(results, reference, name):
     ref = reference(name)
+    # displacement="auto" is sqrt(eps) |theta| ~ 1e-8 in float64: it divides the all-reduce's
+    # summation-order round-off (~1e-16) by dR, so the runs agree to ~1e-7, not to 1e-9
+    close = AUTO_CLOSE if worker.CONFIGS[name].get("displacement") == "auto" else CLOSE
     for run in views(load(results, name), name):
         initial = worker.assemble([r["initial_direction"] for r in run])
-        torch.testing.assert_close(initial, worker.assemble([ref["initial_direction"]]), **CLOSE)
+        torch.testing.assert_close(initial, worker.assemble([ref["initial_direction"]]), **close)
         for key in ("params", "directions"):
             for step, (got, want) in enumerate(zip(trajectory(run, key),
                                                    trajectory([ref], key))):
-                torch.testing.assert_close(got, want, **CLOSE,
+                torch.testing.assert_close(got, want, **close,
                                            msg=lambda m, k=key, s=step: f"{k}, step {s}: {m}")
         for rank in run:
-            torch.testing.assert_close(rank["curvature"], ref["curvature"], **CLOSE)
+            torch.testing.assert_close(rank["curvature"], ref["curvature"], **close)
             trials = rank["escapes"][1]  # the checked escape's trials are evaluations too
             assert rank["extra_gradients"] == ref["extra_gradients"] == \
                 worker.STEPS // worker.INTERVAL + 1 + trials
