@@ -16,6 +16,7 @@ record is in results.jsonl.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import random
 import re
@@ -47,8 +48,6 @@ def checkpoint_path(out_dir: str | Path, key: str) -> Path:
     """The checkpoint file of the run ``key`` ("task|optimizer|seed") in ``out_dir``: the key
     made a file name (characters other than letters, digits, '.', '=' and '-' become '_'),
     with a hash of the key so two keys never share a file."""
-    import hashlib
-
     stem = re.sub(r"[^\w.=-]", "_", key)[:150]
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(out_dir) / FOLDER / f"{stem}-{digest}.pt"
