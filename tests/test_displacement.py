@@ -2,6 +2,7 @@
 closed form and against the exact curvature."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -120,3 +121,56 @@ def test_under_bf16_autocast_auto_reads_the_curvature_that_the_float32_length_mi
         exact = sum(float((h * n).sum()) for h, n in zip(product, opt.direction))
         errors[displacement] = abs(float(opt.curvature) - exact) / abs(exact)
     assert errors["auto"] < 0.25 < errors[1.7e-3]  # measured: 0.17 and 1.26
+
+
+@pytest.mark.parametrize("failing_pass", [1, 2])  # the main pass, the first displaced one
+def test_a_closure_that_raises_restores_the_parameters_and_removes_the_hook(failing_pass):
+    model, closure_for, _ = mlp_and_closure(autocast=False)
+    opt = deo.DEO(model.parameters(), base=torch.optim.SGD, lr=0.1, rotation="ritz",
+                  alpha=0.0, interval=1, displacement="auto", probes_per_update=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    inner, calls = closure_for(opt), []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == failing_pass:
+            raise KeyboardInterrupt
+        return inner()
+
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(closure)
+    assert len(calls) == failing_pass
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+    for p, p0 in zip(model.parameters(), before):
+        assert torch.equal(p, p0)  # back at the step's start, not at theta + dR N
+    assert opt.deo_state.steps == 0  # the step that failed is not counted
+    opt.step(closure_for(opt))  # and the next step runs normally
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+
+
+def test_the_fixed_escape_is_capped_at_k_times_the_dR_the_probe_measured_with():
+    # under bf16 autocast the probe measures over sqrt(eps_bf16)|theta|; the cap of the
+    # escape step (escape_trust x dR) must use that length, not the float32 one (250x shorter)
+    model, closure_for, _ = mlp_and_closure(autocast=True)
+    opt = deo.DEO(model.parameters(), base=torch.optim.SGD, lr=0.0, rotation="ritz",
+                  alpha=0.0, interval=1, displacement="auto", probes_per_update=2,
+                  escape_step=1e6, escape_trust=1.0, escape_rule="fixed")
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    opt.step(closure_for(opt))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert float(opt.curvature) < 0  # so the escape step is taken, at its cap
+    dR = math.sqrt(torch.finfo(torch.bfloat16).eps) * float(before.norm())
+    assert float((after - before).norm()) == pytest.approx(dR, rel=1e-4)
+
+
+def test_the_watch_sees_autocast_through_a_torch_compile_wrapper():
+    from deo.displacement import AutocastWatch
+
+    model = torch.compile(torch.nn.Linear(4, 1), backend="eager")
+    x = torch.randn(3, 4)
+    watch = AutocastWatch()
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("ignore")  # torch's note that global hooks fire on the wrapper
+        model(x)
+    assert watch.stop() is torch.bfloat16
+    assert not torch.nn.modules.module._global_forward_pre_hooks

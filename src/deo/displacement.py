@@ -23,16 +23,19 @@ with eps the largest machine epsilon among the parameters' dtypes. It balances t
 terms when L_3 |theta|^2 ~ |g| (the loss's own scale), follows the parameters' scale as
 they grow, and never depends on the learning rate: float64 1.5e-8 x max(|theta|, 1), float32
 3.5e-4 x, bfloat16 parameters 8.8e-2 x. Under autocast the gradients carry the autocast
-dtype's round-off (bf16: eps 3.9e-3) whatever the parameters' dtype, so eps is the larger of
+dtype's round-off (bf16: eps 7.8e-3) whatever the parameters' dtype, so eps is the larger of
 the two: DEO watches the main pass of each probe step for autocast (``AutocastWatch``, a
 global forward pre-hook, since the closure enters autocast itself). Measured on a 20-64-1
 tanh MLP (|theta| = 4.9, Ritz, 30 steps, bf16 autocast on the CPU; tests/test_displacement.py):
 with the parameters' float32 epsilon alone dR = 1.7e-3 reads C = -0.53 where the exact
-curvature along the N it found is -0.23 (an error of 126%); with bf16's, dR = 0.30 reads
--0.44 against -0.37 (17%). Without autocast the float32 length reads -0.41 against -0.40. A
-compiled model calls no hook: pass a float there. The floor max(., 1) is where the rule is
-not scale-free: for |theta| < 1 it keeps dR above round-off rather than shrinking it with
-theta (a start next to a saddle at the origin).
+curvature along the N it found is -0.23 (an error of 126%); with bf16's, dR = 0.43 reads
+-0.44 against -0.37 (17%). Without autocast the float32 length reads -0.41 against -0.40.
+Compiled models: ``torch.compile(model)`` calls the hook on its wrapper, so autocast is seen
+and nothing recompiles (torch warns once that global hooks fire an extra time); in-place
+``model.compile()`` traces the hook dispatch into the graph, which then recompiles whenever
+the hook comes and goes, up to dynamo's cache limit: pass a float there. The floor
+max(., 1) is where the rule is not scale-free: for |theta| < 1 it keeps dR above round-off
+rather than shrinking it with theta (a start next to a saddle at the origin).
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
 class AutocastWatch:
     """Whether the forward passes between construction and ``stop()`` ran under
     ``torch.autocast``, and in which dtype: a closure enters autocast itself, out of DEO's
-    sight, so a global forward pre-hook looks while the main pass runs. Models whose forward
-    calls no hook (a ``torch.compile``d graph) are not seen: pass a float there."""
+    sight, so a global forward pre-hook looks while the main pass runs. A model compiled in
+    place (``model.compile()``) recompiles as the hook comes and goes: pass a float there."""
 
     def __init__(self) -> None:
         self.seen: torch.dtype | None = None

@@ -172,20 +172,28 @@ class DEO(Optimizer):
         scaler, loss = _enabled(grad_scaler), None
         if closure is not None:
             self.begin_step()
-            with torch.enable_grad():
-                loss = closure()
-            self._passes.plan, self._passes.scaler = self._plan(loss), scaler
-            if scaler is not None:
-                scaler.unscale_(self)
-                if not finite_after_unscale(scaler, self):
-                    self._passes.close()  # nothing was displaced: this ends the watch
-                    self._passes = None
-                    scaler.update()
-                    return loss
-            while self.first_step(loss):
+            try:
                 with torch.enable_grad():
-                    displaced = closure()
-                self.second_step(displaced)
+                    loss = closure()
+                self._passes.plan, self._passes.scaler = self._plan(loss), scaler
+                if scaler is not None:
+                    scaler.unscale_(self)
+                    if not finite_after_unscale(scaler, self):
+                        self._passes.close()  # nothing was displaced: this ends the watch
+                        self._passes = None
+                        scaler.update()
+                        return loss
+                while self.first_step(loss):
+                    with torch.enable_grad():
+                        displaced = closure()
+                    self.second_step(displaced)
+            except BaseException:
+                # a closure that raised (OOM, Ctrl-C): the parameters go back to where the
+                # step began and the autocast hook is removed before the error propagates
+                if self._passes is not None:
+                    self._passes.close()
+                    self._passes = None
+                raise
         passes, self._passes = self._passes or StepPasses(None), None
         if passes.autocast is not None:  # the step is decided: no hook outlives it
             passes.autocast.stop()
@@ -204,7 +212,7 @@ class DEO(Optimizer):
             self.deo_state.skipped_probes += 1
             record_overflow(passes.scaler, self)
         else:
-            self._update(*passes.plan)
+            self._update(*passes.plan, displacement=None if probe is None else probe.displacement)
         if scaler is not None:
             scaler.update()
         return loss
@@ -218,8 +226,9 @@ class DEO(Optimizer):
         *plan, s.spikes = policies.plan(self.config, s.steps, s.schedule, s.spikes, loss)
         return tuple(plan)
 
-    def _update(self, is_probe: bool, correct: bool) -> None:
-        """Correct (and clip) the gradients in .grad, let the base step, escape, schedule."""
+    def _update(self, is_probe: bool, correct: bool, displacement: float | None = None) -> None:
+        """Correct (and clip) the gradients in .grad, let the base step, escape, schedule.
+        ``displacement``: the dR this step's probe measured with (for the escape's cap)."""
         c, s, params = self.config, self.deo_state, self._params()
         # rotation="update": the update before a probe step is the probe's direction
         track = c.rotation == "update" and (
@@ -237,10 +246,13 @@ class DEO(Optimizer):
             projection = self._correct_and_step(record=is_probe)
             if is_probe and c.escape_step > 0 and c.escape_rule == "fixed" \
                     and projection is not None:
-                escape_along_negative_curvature_(self._params(), s.direction, projection,
-                                                 s.stats.curvature, c.escape_step,
-                                                 longest_step(c, displacement_for(
-                                                     c, self._params())))
+                # the cap is k x the dR the curvature was measured with (under autocast
+                # that counts its dtype), and only computed where there is one: no host sync
+                if c.escape_trust is not None and displacement is None:
+                    displacement = displacement_for(c, params)
+                longest = None if displacement is None else longest_step(c, displacement)
+                escape_along_negative_curvature_(params, s.direction, projection,
+                                                 s.stats.curvature, c.escape_step, longest)
         if track:
             s.rule, _ = sharpness.after_step_(
                 params, before, s.direction, None if projection is None else float(projection),
