@@ -106,6 +106,11 @@ def test_base_of_names_the_base_optimizer_of_deo_variants_only():
     assert report.base_of("deo-sgd-oja") == "sgd"
     assert report.base_of("deo-adamw:interval=5") == "adamw"
     assert report.base_of("adamw") is None and report.base_of("pgd") is None
+    # the authors' rows: their DEO-AdamW is judged against AdamW, their Adam is no DEO
+    assert report.base_of("deo-adamw-authors") == "adamw"
+    assert report.base_of("adam-authors") is None
+    assert report.PAPER_DEO.fullmatch("deo-adamw-authors") and report.PAPER_DEO.fullmatch("deo-gd")
+    assert not report.PAPER_DEO.fullmatch("deo-adamw-ritz")
 
 
 def test_table_has_a_row_per_optimizer_with_mean_and_std_over_seeds(built):
@@ -381,3 +386,17 @@ def test_the_report_opens_with_the_best_baseline_the_papers_deo_and_the_recommen
     # baseline's cost is its steps + 1 (one gradient each), DEO's what it recorded
     assert f"| saddle | sgd: 41 | — | {recommended('sgd', 'saddle')}: 27 |" in overview
     assert "gpt-tune" not in overview and "## gpt-tune" in text  # in its own section only
+
+
+def test_the_overview_ranks_by_the_share_of_runs_that_count_before_their_mean(tmp_path):
+    # pgd escaped once in two seeds, cheaply; sgd escaped on both: sgd is the best baseline,
+    # and a row some of whose runs did not count says how many did
+    records = [make_record("saddle", name, seed, 0.0, escape_step=step, escape_threshold=0.5)
+               for name, steps in (("pgd", (5, None)), ("sgd", (40, 42)), ("gd", (80, None)))
+               for seed, step in enumerate(steps)]
+    text = report.write_report(tmp_path, records=records).read_text()
+    overview = text[text.index("## Overview"):text.index("## Summary")]
+    assert "| saddle | sgd: 42 | — | — |" in overview
+    records = [r for r in records if r["optimizer"] != "sgd"]
+    text = report.write_report(tmp_path / "without-sgd", records=records).read_text()
+    assert "| saddle | pgd: 6 (1/2 runs) | — | — |" in text

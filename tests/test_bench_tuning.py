@@ -18,6 +18,7 @@ from deo.bench.tuning import (
     lr_name,
     tuned_runs,
     tuning_runs,
+    tuning_table,
     with_lr,
 )
 from test_bench_runner import Bowl
@@ -111,3 +112,22 @@ def test_the_bench_command_tunes_first_then_runs_the_preset(tmp_path, monkeypatc
     # a second bench resumes: nothing runs twice
     assert cli.main(["bench", "--out", str(tmp_path), "--no-progress", "--resume"]) == 0
     assert len(read_results(tmp_path / RESULTS_FILE)[0]) == len(records)
+
+
+def test_the_report_lists_each_grid_and_the_lr_it_chose():
+    grid = [0.03 * f for f in LR_FACTORS]  # the task's lr 0.03 is recovered from the grid
+    records = [record("t-tune", lr_name("sgd", lr), loss)
+               for lr, loss in zip(grid, (2.0, 1.5, 1.7, 1.2, 9.0))]
+    records[4]["status"] = "diverged"
+    records += [record("t-tune", lr_name("adam", lr), loss)
+                for lr, loss in zip(grid[:3], (1.0, 1.1, 1.2))]
+    for r in records:
+        r["config"]["task"]["lr"] = float(r["optimizer"].partition("@lr=")[2])
+    lines = tuning_table(records)
+    assert lines[0] == "## Tuned learning rates"
+    (sgd,) = [line for line in lines if line.startswith("| t | sgd |")]
+    assert sgd == ("| t | sgd | 0.003: 2, 0.009: 1.5, 0.03: 1.7, 0.09: 1.2, 0.3: — "
+                   "| **0.09** |")
+    (adam,) = [line for line in lines if line.startswith("| t | adam |")]
+    assert adam.endswith("| grid incomplete (3 of 5) |")
+    assert tuning_table([record("t", "sgd", 1.0)]) == []  # nothing tuned, no section

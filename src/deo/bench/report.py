@@ -34,9 +34,9 @@ from typing import Any
 from ..config import GOALS
 from . import plots
 from .files import write_atomically
-from .optimizers import recommended
+from .optimizers import AUTHORS_ROWS, recommended
 from .task import RESULTS_FILE, read_results
-from .tuning import TUNE_SUFFIX
+from .tuning import TUNE_SUFFIX, tuning_table
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -95,6 +95,8 @@ def base_of(name: str) -> str | None:
     head = name.partition(":")[0]  # "deo-adamw:interval=5" carries options after the colon
     if not head.startswith(DEO_PREFIX):
         return None
+    if head in AUTHORS_ROWS:  # "deo-adamw-authors": the paper's DEO-AdamW, compared to AdamW
+        return AUTHORS_ROWS[head][0]
     base = head[len(DEO_PREFIX):].removeprefix(ORACLE_PREFIX)
     for suffix in ROTATION_SUFFIXES:
         base = base.removesuffix(suffix)
@@ -146,7 +148,8 @@ def write_report(out_dir: str | Path, records: Iterable[Run] | None = None,
     skipped = getattr(records, "skipped_lines", [])
     foreign = getattr(records, "foreign_lines", [])
     text = "\n".join([*header(title, records, skipped, foreign),
-                      *overview(group_runs(records)), *summary(verdicts, failures), *sections])
+                      *overview(group_runs(records)), *tuning_table(records),
+                      *summary(verdicts, failures), *sections])
     report_path = out_dir / REPORT_FILE
     write_atomically(report_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return report_path
@@ -332,7 +335,8 @@ def header(title: str, records: Sequence[Run], skipped_lines: Sequence[int],
     return lines
 
 
-PAPER_DEO = re.compile(r"deo-(sgd|adam|adamw|sophia)")  # the paper's rule, as it is
+# the paper's rule as it is, on each base, and as the authors' code ran it
+PAPER_DEO = re.compile(r"deo-(gd|sgd|adam|adamw|sophia)(-authors)?")
 
 
 def recommended_names() -> set[str]:
@@ -343,8 +347,10 @@ def recommended_names() -> set[str]:
 
 def overview(by_task: Mapping[str, RunsByOptimizer]) -> list[str]:
     """Per task: the best baseline, the paper's DEO and the recommended DEO, each the best of
-    its kind there by the verdicts' metric (mean over the runs that count; saddle tasks: the
-    gradient evaluations to escape, and a row none of whose runs escaped is never the best)."""
+    its kind there by the verdicts' metric: first the share of its runs that count (finished;
+    saddle tasks: escaped), then their mean (saddle tasks: the gradient evaluations to
+    escape). A row none of whose runs counts is never the best; one where some did not count
+    shows how many did."""
     ours = recommended_names()
     kinds = (("best baseline", lambda name: base_of(name) is None),
              ("the paper's DEO", lambda name: PAPER_DEO.fullmatch(name) is not None),
@@ -360,10 +366,15 @@ def overview(by_task: Mapping[str, RunsByOptimizer]) -> list[str]:
         metric = escape_costs if is_saddle_task(runs) else final_values
         cells = []
         for _, belongs in kinds:
-            scored = [(spread(values).mean, name) for name, group in runs.items()
+            scored = [(-len(values) / len(group), spread(values).mean, name, len(values),
+                       len(group)) for name, group in runs.items()
                       if belongs(name) and (values := metric(group))]
-            cells.append("—" if not scored else
-                         f"{min(scored)[1]}: {_number(min(scored)[0])}")
+            if not scored:
+                cells.append("—")
+                continue
+            _, mean, name, counted, total = min(scored)
+            share = "" if counted == total else f" ({counted}/{total} runs)"
+            cells.append(f"{name}: {_number(mean)}{share}")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

@@ -112,3 +112,50 @@ def _score(record: Mapping[str, Any]) -> float:
         return math.inf
     loss = (record.get("final") or {}).get("loss")
     return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+
+
+def tuning_table(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The report's account of the tuning: per task and tuned optimizer, each grid point's
+    short-run score and the lr ``choose`` took for the full-length row. Empty without
+    tuning records."""
+    records = list(records)
+    grids: dict[str, list[str]] = {}
+    for record in records:
+        if record["task"].endswith(TUNE_SUFFIX) and "@lr=" in record["optimizer"]:
+            names = grids.setdefault(record["task"].removesuffix(TUNE_SUFFIX), [])
+            base = record["optimizer"].partition("@lr=")[0]
+            if base not in names:
+                names.append(base)
+    if not grids:
+        return []
+    lines = ["## Tuned learning rates", "",
+             f"Each tuned baseline ran the same grid, {', '.join(f'{f:g}x' for f in LR_FACTORS)} "
+             f"the task's lr, on the first {TUNE_FRACTION:.0%} of the steps (seed {TUNE_SEED}, "
+             f"task `<task>{TUNE_SUFFIX}`); its full-length row `<optimizer>@lr=<value>` uses "
+             "the best point: the lowest final loss (saddle tasks: the earliest escape; a run "
+             "that diverged or never escaped loses), a tie going to the lr nearest the task's.",
+             "", "| task | optimizer | short-run score at each lr | chosen lr |",
+             "|---|---|---|---|"]
+    for task, names in grids.items():
+        base_lr = _task_lr(records, task)
+        for name in names:
+            chosen, grid = choose(records, task, name, base_lr)
+            points = ", ".join(f"{lr:.3g}: {'—' if math.isinf(score) else f'{score:.4g}'}"
+                               for lr, score in grid)
+            verdict = f"**{chosen:.3g}**" if chosen is not None else \
+                f"grid incomplete ({len(grid)} of {len(LR_FACTORS)})"
+            lines.append(f"| {task} | {name} | {points} | {verdict} |")
+    return [*lines, ""]
+
+
+def _task_lr(records: list[Mapping[str, Any]], task: str) -> float:
+    """The task's own lr, recovered from its grid: the exact lrs of the tuning runs (their
+    configs) are ``LR_FACTORS`` x it, so it is the candidate lr / factor that explains the
+    most of them (factor 1 first among equals)."""
+    lrs = {float(((record.get("config") or {}).get("task") or {}).get("lr")
+                 or record["optimizer"].partition("@lr=")[2])
+           for record in records if record["task"] == task + TUNE_SUFFIX}
+    candidates = sorted(LR_FACTORS, key=lambda factor: factor != 1.0)
+    return max((lr / factor for factor in candidates for lr in sorted(lrs)),
+               key=lambda base: sum(any(math.isclose(lr, base * f, rel_tol=1e-9)
+                                        for f in LR_FACTORS) for lr in lrs))
