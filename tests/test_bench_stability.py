@@ -65,6 +65,8 @@ def test_lr_sensitivity_is_wortsmans_formula():
     (lambda: lr_sensitivity({1e-3: 1.0}, math.nan), "initial_loss"),
     (lambda: spike_events([5], [[0, 1.0]], gap=0), "gap"),
     (lambda: spike_events([5], [[0, 1.0]], floor=0.0), "floor"),
+    (lambda: spike_events([5], [[0, -1.0], [5, 3.0]]), "train_loss"),  # the floor: a share of it
+    (lambda: spike_events([5], [[0, math.nan], [5, 3.0]]), "train_loss"),
 ])
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):

@@ -81,7 +81,7 @@ class DEOConfig:
         escape_trust: ``None`` or k > 0: cap the escape step at k dR.
         escape_rule: ``"fixed"`` (take the escape step after the base step), ``"checked"``
             (a trust region: try it first, keep it only if the loss fell) or ``"search"``
-            (a line search along N from s |g.N| / |C|, 4x longer per kept segment;
+            (a line search along N from s |g.N| / |C|, 8x longer per kept segment;
             deo/escape.py).
         step_rule: ``"base"`` (the base optimizer's step as it is) or ``"sharpness"`` (with
             ``rotation="update"``: on probe steps, cut the step's component along N to the

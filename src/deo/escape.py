@@ -25,7 +25,7 @@ rejected one r = ``SHRINK`` t. A step shorter than dR (the distance over which C
 measured) is not tried and r doubles instead, so a model that keeps rejecting pays for a
 trial only every few probes. Each trial is one more gradient evaluation, counted in
 ``stats["extra_gradients"]``; ``stats["escapes"]`` and ``stats["escape_trials"]`` count the
-kept and the tried steps.
+kept and the tried steps (for the search below: the kept and tried segments).
 
 The line search (``"search"``) sizes the step from the problem instead of from dR or from
 s |C| (a curvature, not a length). Its first segment is the length at which the probe's
@@ -41,8 +41,8 @@ the slope a = g_p . d there and its own secant C_k; a kept segment moves the par
 and while its rho >= ``EXPAND`` and the slope at the new point still descends, the next one
 is ``SEARCH_GROWTH`` (8) times longer, up to ``SEARCH_TRIALS`` segments per probe step (and a
 total of k dR with ``escape_trust``). A rejected segment ends the search where the last kept
-one left the parameters. So the distance covered grows geometrically, about 8^k t_0 after k kept
-segments (8 was chosen over 4 and 16 on the saddle suite's selection split,
+one left the parameters. So the distance covered grows geometrically: t_0 (8^k - 1) / 7 after k
+kept segments (8 was chosen over 4 and 16 on the saddle suite's selection split,
 benchmarks/results/saddle-suite-cpu/): out of a saddle that gradient descent leaves by a
 factor (1 + lr |C|) per step in a handful of gradient evaluations. It carries no state
 between probe steps.

@@ -111,8 +111,8 @@ class DEOState:
     # escape trials, an exact rule's products
     skipped_probes: int = 0  # probe steps whose loss or gradients were not finite
     inconsistent_probes: int = 0  # rotations skipped: the displaced loss disagreed
-    escapes: int = 0  # checked escape steps kept
-    escape_trials: int = 0  # and tried
+    escapes: int = 0  # checked escape steps kept (with "search": segments kept)
+    escape_trials: int = 0  # and tried (segments tried)
     schedule: Schedule = field(default_factory=Schedule)
     spikes: SpikeTrigger = field(default_factory=SpikeTrigger)
     escape: EscapeState = field(default_factory=EscapeState)

@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .stability import EVENT_GAP
 from .task import SPIKE_FACTOR, SPIKE_WINDOW, spike_indices
 
 PLOT_LIMIT = 1e30  # larger values (diverged runs) are not drawn
@@ -142,9 +143,10 @@ def plot_spike_panels(runs_by_optimizer: Mapping[str, Run], colors: Mapping[str,
             axes.plot(*zip(*points), color=colors[name], linewidth=0.8)
             axes.set_yscale("log")
         events = set(marks.get(name, ()))
-        # each event at its highest recorded loss within 100 steps of its start
+        # each event at its highest recorded loss within an event's gap of its start
         marked = [max(((step, value) for step, value in points
-                       if -stride <= step - event <= 100), key=lambda p: p[1], default=None)
+                       if -stride <= step - event <= EVENT_GAP), key=lambda p: p[1],
+                      default=None)
                   for event in events]
         marked = [point for point in marked if point is not None]
         if marked:

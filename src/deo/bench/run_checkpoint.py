@@ -42,6 +42,7 @@ class Progress:
     norms: list[float]
     elapsed: float  # seconds of training before this checkpoint
     peak_rss: int
+    peak_device: int = 0  # the GPU's peak allocation before it (a resume resets the counter)
 
 
 def checkpoint_path(out_dir: str | Path, key: str) -> Path:
@@ -64,6 +65,7 @@ def save(path: Path, progress: Progress, task: Task, opt: torch.optim.Optimizer)
         "norms": progress.norms,
         "elapsed": progress.elapsed,
         "peak_rss": progress.peak_rss,
+        "peak_device": progress.peak_device,
         "task": task.state_dict(),
         "optimizer": opt.state_dict(),
         "optimizer_generators": [g.get_state() for g in _generators(opt)],
@@ -102,7 +104,7 @@ def load(path: Path, key: str, task: Task, opt: torch.optim.Optimizer) -> Progre
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return Progress(step=state["step"], record=RunRecord(**state["record"]),
                     losses=state["losses"], norms=state["norms"], elapsed=state["elapsed"],
-                    peak_rss=state["peak_rss"])
+                    peak_rss=state["peak_rss"], peak_device=state.get("peak_device", 0))
 
 
 def remove(path: Path) -> None:

@@ -78,10 +78,11 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     peak_rss = _resident_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start, elapsed_before = 0, 0.0
+    start, elapsed_before, peak_device = 0, 0.0, 0
     if checkpoint is not None and checkpoint.exists():
         resumed = run_checkpoint.load(checkpoint, record.key, task, opt)
         start, elapsed_before, peak_rss = resumed.step, resumed.elapsed, resumed.peak_rss
+        peak_device = resumed.peak_device
         record, losses, norms = resumed.record, resumed.losses, resumed.norms
     started = time.perf_counter()
     bar = _progress(task.steps, f"{task.name} {optimizer} s{seed}", progress, initial=start)
@@ -138,8 +139,10 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 \
                 and step + 1 < task.steps:
             elapsed = elapsed_before + time.perf_counter() - started
+            if device.type == "cuda":
+                peak_device = max(peak_device, int(torch.cuda.max_memory_allocated(device)))
             run_checkpoint.save(checkpoint, run_checkpoint.Progress(
-                step + 1, record, losses, norms, elapsed, peak_rss), task, opt)
+                step + 1, record, losses, norms, elapsed, peak_rss, peak_device), task, opt)
         bar.update(1)
     bar.close()
     record.wall_time = elapsed_before + time.perf_counter() - started
@@ -151,7 +154,7 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
                           "olmo_grad_norm": spike_steps(norms)}
     record.gradient_evaluations = len(losses) + (
         int(opt.stats["extra_gradients"]) if isinstance(opt, DEO) else 0)
-    record.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device)) \
+    record.peak_memory_bytes = max(peak_device, int(torch.cuda.max_memory_allocated(device))) \
         if device.type == "cuda" else peak_rss
     tail = losses[-max(1, len(losses) // 10):]
     record.final = {**(record.evals[-1] if record.evals else {}),

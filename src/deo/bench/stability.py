@@ -97,7 +97,11 @@ def spike_events(spikes: Sequence[int], train_loss: Sequence[Sequence[float]],
         return []
     steps = [step for step, _ in train_loss]
     stride = steps[1] - steps[0] if len(steps) > 1 else 1
-    threshold = floor * train_loss[0][1]
+    first = train_loss[0][1]
+    if not (math.isfinite(first) and first > 0):  # the floor is a share of a positive loss
+        raise ValueError(f"train_loss: spike events need a finite, positive first loss, "
+                         f"got {first!r}")
+    threshold = floor * first
 
     def high(spike: int) -> bool:  # a recorded loss near it reaches the floor (or diverged)
         i = bisect.bisect_left(steps, spike - stride)
