@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from deo.bench import plots, report, runner  # noqa: E402
+from deo.bench import plots, report, runner, verdicts  # noqa: E402
 from deo.bench.task import count_spikes  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -100,15 +100,15 @@ def built(tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_base_of_names_the_base_optimizer_of_deo_variants_only():
-    assert report.base_of("deo-adamw") == "adamw"
-    assert report.base_of("deo-adamw-ritz") == "adamw"
-    assert report.base_of("deo-oracle-sgd:alpha=-1") == "sgd"
-    assert report.base_of("deo-sgd-oja") == "sgd"
-    assert report.base_of("deo-adamw:interval=5") == "adamw"
-    assert report.base_of("adamw") is None and report.base_of("pgd") is None
+    assert verdicts.base_of("deo-adamw") == "adamw"
+    assert verdicts.base_of("deo-adamw-ritz") == "adamw"
+    assert verdicts.base_of("deo-oracle-sgd:alpha=-1") == "sgd"
+    assert verdicts.base_of("deo-sgd-oja") == "sgd"
+    assert verdicts.base_of("deo-adamw:interval=5") == "adamw"
+    assert verdicts.base_of("adamw") is None and verdicts.base_of("pgd") is None
     # the authors' rows: their DEO-AdamW is judged against AdamW, their Adam is no DEO
-    assert report.base_of("deo-adamw-authors") == "adamw"
-    assert report.base_of("adam-authors") is None
+    assert verdicts.base_of("deo-adamw-authors") == "adamw"
+    assert verdicts.base_of("adam-authors") is None
     assert report.PAPER_DEO.fullmatch("deo-adamw-authors") and report.PAPER_DEO.fullmatch("deo-gd")
     assert not report.PAPER_DEO.fullmatch("deo-adamw-ritz")
 
