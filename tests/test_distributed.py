@@ -30,7 +30,7 @@ FSDP2 = [name for name, c in worker.CONFIGS.items() if c["wrap"] == "fsdp2"]
 needs_fsdp2 = pytest.mark.skipif(not worker.fsdp2_available(),
                                  reason="torch.distributed.fsdp.fully_shard (FSDP2) not in torch")
 CLOSE = {"rtol": 1e-9, "atol": 1e-11}  # float64; DDP/FSDP2 only reorder the sums
-AUTO_CLOSE = {"rtol": 1e-5, "atol": 1e-8}
+AUTO_CLOSE = {"rtol": 1e-5, "atol": 1e-7}
 
 
 RANKS = 2
@@ -133,7 +133,9 @@ def test_ddp_ranks_hold_identical_parameters_and_n_at_every_step(results, name):
 def test_matches_one_process_on_the_global_batch(results, reference, name):
     ref = reference(name)
     # displacement="auto" is sqrt(eps) |theta| ~ 1e-8 in float64: it divides the all-reduce's
-    # summation-order round-off (~1e-16) by dR, so the runs agree to ~1e-7, not to 1e-9
+    # summation-order round-off (~1e-16) by dR. Measured: the parameters differ by 4e-10 after
+    # step 0 and by 1e-8 to 3e-8 after step 29 (it varies run to run), so atol is 1e-7; a rank
+    # that took a different decision would differ by a whole AdamW step (~lr, 1e-2)
     close = AUTO_CLOSE if worker.CONFIGS[name].get("displacement") == "auto" else CLOSE
     for run in views(load(results, name), name):
         initial = worker.assemble([r["initial_direction"] for r in run])
