@@ -12,6 +12,7 @@ out=${2:-benchmarks/results/paper-gpu}
 [ -f "$data" ] || { echo "paper_gpu.sh: DATA $data is not a file" >&2; exit 2; }
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_deps.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/environment.log"
 # one worker per optimizer of each preset (13 each): the small GPT leaves the GPU mostly idle,
 # so both presets share it; each bench process locks only its own folder
