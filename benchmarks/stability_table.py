@@ -85,6 +85,10 @@ def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
+def _finite_or(value: float, fallback: float) -> float:
+    return value if math.isfinite(value) else fallback
+
+
 def sensitivity_tables(by_task: dict[str, dict[str, list[dict]]], plots: Path | None = None
                        ) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Wortsman et al.'s LR sensitivity of each optimizer over tasks named '<setting>-lr=<v>':
@@ -107,16 +111,20 @@ def sensitivity_tables(by_task: dict[str, dict[str, list[dict]]], plots: Path | 
                   "| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) +
                   " | LR sensitivity |", "|---" * (len(lrs) + 2) + "|"]
         for name in names:
-            finals, initials = {}, []
+            initials = [r["train_loss"][0][1] for lr in lrs for r in grid[lr].get(name, [])
+                        if r.get("train_loss")]
+            initial = statistics.fmean(initials) if initials else math.nan
+            finals: dict[float, float] = {}
             for lr in lrs:
-                runs = grid[lr].get(name, [])
-                initials += [r["train_loss"][0][1] for r in runs if r.get("train_loss")]
-                values = [r["final"].get("loss", math.nan) if r.get("status") == "ok"
-                          else math.nan for r in runs]
+                # a diverged (or failed) run counts as the initial loss in its lr's mean, so
+                # one diverged seed costs that lr a third of the gap, not all of it
+                values = [_finite_or(r["final"].get("loss", math.nan), initial)
+                          if r.get("status") == "ok" else initial
+                          for r in grid[lr].get(name, [])]
                 if values:
                     finals[lr] = statistics.fmean(values)
             complete = len(finals) == len(lrs) and initials
-            value = lr_sensitivity(finals, statistics.fmean(initials)) if complete else math.nan
+            value = lr_sensitivity(finals, initial) if complete else math.nan
             curves[name] = finals
             all_initials += initials
             sensitivities.setdefault(setting, {})[name] = value
