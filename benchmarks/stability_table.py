@@ -3,10 +3,11 @@
 For each optimizer, mean ± spread (half the range) over its seeds: final and best held-out
 loss (finished runs only), the bench's 2x-rule spike count (every run: a diverged one up to
 its divergence, as for the other spike columns), OLMo 2's spike score on the loss and on the
-gradient norm, divergences, gradient evaluations and minutes per run. For DEO runs that recorded the
-probe's curvature, the early-warning read-out (deo.bench.stability.early_warning: flags
-where the curvature exceeds 2x the mean |C| of the 10 probes before, against the run's own
-2x-rule spikes, lead 20 to 200 steps).
+gradient norm, divergences, gradient evaluations and minutes per run. For DEO runs that
+recorded the probe's curvature, the early-warning read-out (deo.bench.stability.early_warning:
+flags where the curvature exceeds 2x the mean |C| of the 10 probes before, against the run's
+own 2x-rule spikes and spike events, lead 20 to 200 steps; every run, a diverged one up to its
+divergence). The LR sensitivity caps each seed's final loss at the initial loss.
 
     python benchmarks/stability_table.py benchmarks/results/stability-slingshot-cpu \
         [--judge NAME]
@@ -63,8 +64,9 @@ def row(name: str, runs: list[dict]) -> str:
     best = [min((e["loss"] for e in r.get("evals", []) if "loss" in e), default=math.nan)
             for r in ok]
     def warning(target) -> str:
+        # every run, a diverged one up to its divergence, as for the spike columns
         found = [early_warning(curvature_flags(r["curvature"]), target(r))
-                 for r in ok if r.get("curvature") and r.get("spike_steps")]
+                 for r in runs if r.get("curvature") and r.get("spike_steps")]
         return "—" if not found else (
             f"P {spread([w['precision'] for w in found], '.2f')}, "
             f"R {spread([w['recall'] for w in found], '.2f')}, "
@@ -92,9 +94,10 @@ def _finite_or(value: float, fallback: float) -> float:
 def sensitivity_tables(by_task: dict[str, dict[str, list[dict]]], plots: Path | None = None
                        ) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Wortsman et al.'s LR sensitivity of each optimizer over tasks named '<setting>-lr=<v>':
-    the mean over seeds of the final loss at each lr (a diverged run counts as the initial
-    loss), against the mean initial loss. Returns the tables' lines and {setting: {optimizer:
-    sensitivity}}; with ``plots``, draws each setting's final loss against the lr there."""
+    the mean over seeds of the final loss at each lr, each seed capped at the initial loss (a
+    diverged run counts as the initial loss), against the mean initial loss. Returns the
+    tables' lines and {setting: {optimizer: sensitivity}}; with ``plots``, draws each
+    setting's final loss against the lr there."""
     grids: dict[str, dict[float, dict[str, list[dict]]]] = {}
     for task, by_optimizer in by_task.items():
         setting, sep, lr = task.rpartition("-lr=")
@@ -116,9 +119,9 @@ def sensitivity_tables(by_task: dict[str, dict[str, list[dict]]], plots: Path | 
             initial = statistics.fmean(initials) if initials else math.nan
             finals: dict[float, float] = {}
             for lr in lrs:
-                # a diverged (or failed) run counts as the initial loss in its lr's mean, so
-                # one diverged seed costs that lr a third of the gap, not all of it
-                values = [_finite_or(r["final"].get("loss", math.nan), initial)
+                # each seed capped at the initial loss before the mean: a run that ended
+                # worse than it started counts as one that diverged, no more, no less
+                values = [min(_finite_or(r["final"].get("loss", math.nan), initial), initial)
                           if r.get("status") == "ok" else initial
                           for r in grid[lr].get(name, [])]
                 if values:

@@ -1,6 +1,8 @@
 """deo bench's runner, optimizer names, resume and error paths."""
 
 import json
+import math
+import random
 
 import pytest
 import torch
@@ -79,6 +81,12 @@ def test_escape_step_and_spikes_are_measured():
     assert count_spikes([1.0] * 100 + [1.9, 2.1, 1.0]) == 1  # 2.1 >= 2 x mean(previous 100)
     assert count_spikes([1.0] * 100 + [5.0, 5.0]) == 2
     assert count_spikes([-1.0] * 100 + [-0.5]) == 0  # no spikes below zero
+    # a window of exact zeros after large losses has mean 0 and no spike; a running sum
+    # kept ~1e-17 of their round-off and counted one
+    rng = random.Random(0)
+    assert count_spikes([100 * rng.random() for _ in range(100)] + [0.0] * 100 + [29.8]) == 0
+    assert count_spikes([1.0] * 100 + [math.inf]) == 0  # divergence is not a spike
+    assert count_spikes([1.0] * 100 + [3.0, math.nan, 3.0]) == 1  # scored up to divergence
 
 
 def runs(counter):

@@ -42,6 +42,34 @@ def test_a_level_shift_counts_until_the_window_has_adapted_to_it():
     assert found == list(range(1200, 1200 + len(found))) and len(found) in (20, 21)
 
 
+def exact_spike_steps(values, window=1000, sigmas=7.0, min_history=100):
+    """The OLMo rule by its definition: each window's mean and spread afresh, in fsum."""
+    found = []
+    for t in range(min_history, len(values)):
+        recent = values[max(0, t - window):t]
+        mean = math.fsum(recent) / len(recent)
+        spread = math.sqrt(math.fsum((v - mean) ** 2 for v in recent) / len(recent))
+        if values[t] > mean and values[t] >= mean + sigmas * spread:
+            found.append(t)
+    return found
+
+
+def test_the_score_at_round_off_level_after_a_large_spike_matches_the_definition():
+    """The slingshot's shape: a loss at ~1e-9, a burst of losses ~1-100, then ~1e-9 again
+    with three real spikes of 1e-8 (about 90 sigma). Running sums kept the burst's round-off
+    (~1e-12 in the sum of squares) and found hundreds of false spikes and none of the real."""
+    rng = random.Random(1)
+    values = [1e-9 * (1 + 0.1 * rng.gauss(0, 1)) for _ in range(1200)]
+    values += [100 * rng.random() for _ in range(30)]
+    values += [1e-9 * (1 + 0.1 * rng.gauss(0, 1)) for _ in range(3000)]
+    for t in (3230, 3730, 4130):
+        values[t] = 1e-8
+    found = spike_steps(values)
+    assert found == exact_spike_steps(values)
+    assert {3230, 3730, 4130} <= set(found) and all(t < 2300 for t in set(found) - {
+        3230, 3730, 4130})
+
+
 def test_the_score_ends_where_a_run_diverged_and_short_runs_score_what_they_have():
     values = noise(600)
     values[400] += 1.0

@@ -36,6 +36,18 @@ def test_a_diverged_seed_counts_as_the_initial_loss_in_its_lrs_mean(table):
     assert "| adamw | 0.800 | 1.000 | 0.100 |" in lines
 
 
+def test_a_seed_that_ends_above_the_initial_loss_counts_as_one_that_diverged(table):
+    bad = {"toy-lr=0.001": {"adamw": [run(0.8)] * 3},
+           "toy-lr=0.01": {"adamw": [run(41.6), run(1.0), run(1.0)]}}
+    diverged = {"toy-lr=0.001": {"adamw": [run(0.8)] * 3},
+                "toy-lr=0.01": {"adamw": [run(math.nan, status="diverged"), run(1.0),
+                                          run(1.0)]}}
+    # (2.0 + 1.0 + 1.0) / 3 at lr 1e-2 either way, not a mean of 14.5 capped to 2.0
+    assert table.sensitivity_tables(bad)[1]["toy"]["adamw"] == pytest.approx(
+        table.sensitivity_tables(diverged)[1]["toy"]["adamw"]) == pytest.approx(
+        (0.8 + 4.0 / 3) / 2 - 0.8)
+
+
 def test_a_mean_above_the_initial_loss_is_capped_and_a_missing_lr_leaves_no_value(table):
     by_task = {
         "toy-lr=0.001": {"adamw": [run(1.0)], "sgd": [run(1.5)]},

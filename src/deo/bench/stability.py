@@ -20,7 +20,7 @@ r"""Stability metrics the field uses, so that claims about loss spikes are measu
     The 2x rule is scale-free, so once a loss sits at round-off level (the slingshot's
     ~1e-9) its jitter counts as hundreds of "spikes" a plot does not show. An event keeps
     the 2x-rule steps whose loss reaches ``floor`` (1%) of the run's first loss and groups
-    them into episodes (a new one starts after more than ``gap`` steps without one): what a
+    them into episodes (a new one starts after ``gap`` or more steps without one): what a
     user would call a spike, counted once however many steps it lasts.
 
 ``curvature_flags`` and ``early_warning``
@@ -41,6 +41,8 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 
+import torch
+
 OLMO_WINDOW = 1000
 OLMO_SIGMAS = 7.0
 MIN_HISTORY = 100  # values before a step is scored: a spread needs some history
@@ -48,26 +50,40 @@ MIN_HISTORY = 100  # values before a step is scored: a spread needs some history
 
 def spike_steps(values: Sequence[float], window: int = OLMO_WINDOW,
                 sigmas: float = OLMO_SIGMAS, min_history: int = MIN_HISTORY) -> list[int]:
-    """The steps ``olmo_spike_score`` counts as spikes (indices into ``values``)."""
+    """The steps ``olmo_spike_score`` counts as spikes (indices into ``values``).
+
+    Each window's mean and spread are computed afresh (two passes, float64): running sums,
+    updated as values enter and leave, keep the round-off of a loss of ~100 long after it has
+    left, which swamps the spread of a window at ~1e-9 (the slingshot's)."""
     _check_window(window, min_history)
-    spikes = []
-    total = squares = 0.0
-    for t, value in enumerate(values):
-        if not math.isfinite(value):
-            break
-        if t >= min_history:
-            n = min(t, window)
-            mean = total / n
-            spread = math.sqrt(max(squares / n - mean * mean, 0.0))
-            if value > mean and value >= mean + sigmas * spread:
-                spikes.append(t)
-        total += value
-        squares += value * value
-        if t >= window:  # the value leaving the window
-            old = values[t - window]
-            total -= old
-            squares -= old * old
+    finite = next((t for t, v in enumerate(values) if not math.isfinite(v)), len(values))
+    x = torch.tensor(values[:finite], dtype=torch.float64)
+    spikes: list[int] = []
+    for t in range(min_history, min(window, finite)):  # the first windows grow to full size
+        mean, spread = _mean_and_spread(x[:t].unsqueeze(0))
+        if _is_spike(x[t], mean, spread, sigmas):
+            spikes.append(t)
+    windows = x.unfold(0, window, 1) if finite > window else x.new_empty(0, window)
+    for first in range(max(min_history, window), finite, _CHUNK):  # full windows, by chunks
+        last = min(first + _CHUNK, finite)
+        mean, spread = _mean_and_spread(windows[first - window:last - window])
+        hit = _is_spike(x[first:last], mean, spread, sigmas)
+        spikes += (hit.nonzero().flatten() + first).tolist()
     return spikes
+
+
+_CHUNK = 4096  # windows scored at once: bounds the temporary to _CHUNK x window floats
+
+
+def _mean_and_spread(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = windows.mean(dim=1)
+    return mean, (windows - mean[:, None]).square().mean(dim=1).sqrt()  # population sigma
+
+
+def _is_spike(value: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor,
+              sigmas: float) -> torch.Tensor:
+    # strictly above the mean: a window with zero spread does not flag its own mean
+    return (value > mean) & (value >= mean + sigmas * spread)
 
 
 def olmo_spike_score(values: Sequence[float], window: int = OLMO_WINDOW,
@@ -153,7 +169,10 @@ def early_warning(flags: Sequence[int], spikes: Sequence[int], lead: int = 20,
 
 
 def lr_sensitivity(final_losses: Mapping[float, float], initial_loss: float) -> float:
-    """Wortsman et al.'s LR sensitivity of one optimizer over a grid {lr: final loss}."""
+    """Wortsman et al.'s LR sensitivity of one optimizer over a grid {lr: final loss}.
+
+    The best loss is taken after the cap, so an optimizer that trains at no lr of the grid
+    scores 0 (the uncapped best would make it negative): read the losses beside it."""
     if not final_losses:
         raise ValueError("final_losses: expected at least one learning rate, got none")
     if not math.isfinite(initial_loss):

@@ -47,6 +47,7 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -205,15 +206,18 @@ def spike_indices(losses: list[float], factor: float = SPIKE_FACTOR,
     """Indices of losses >= factor x the mean of the ``window`` losses before them.
 
     Defined for positive losses (cross-entropy, squared error); a window whose mean is not
-    positive (the saddle problems go below zero) has no spikes.
+    positive (the saddle problems go below zero) has no spikes. A non-finite loss ends the
+    scored part, as for the OLMo score: a diverged run counts its spikes up to divergence.
+    Each window's mean is summed afresh: a running sum keeps the round-off of a loss of ~100
+    long after it left, more than a whole window of the slingshot's ~1e-9 losses.
     """
-    spikes, running = [], sum(losses[:window])
-    for i in range(window, len(losses)):
-        mean = running / window
-        if mean > 0 and losses[i] >= factor * mean:
-            spikes.append(i)
-        running += losses[i] - losses[i - window]
-    return spikes
+    finite = next((i for i, v in enumerate(losses) if not math.isfinite(v)), len(losses))
+    if finite <= window:
+        return []
+    x = torch.tensor(losses[:finite], dtype=torch.float64)
+    means = x.unfold(0, window, 1)[:-1].mean(dim=1)  # means[k]: the window before k + window
+    hit = (means > 0) & (x[window:] >= factor * means)
+    return (hit.nonzero().flatten() + window).tolist()
 
 
 def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR,
