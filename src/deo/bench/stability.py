@@ -59,10 +59,15 @@ def spike_steps(values: Sequence[float], window: int = OLMO_WINDOW,
     finite = next((t for t, v in enumerate(values) if not math.isfinite(v)), len(values))
     x = torch.tensor(values[:finite], dtype=torch.float64)
     spikes: list[int] = []
-    for t in range(min_history, min(window, finite)):  # the first windows grow to full size
-        mean, spread = _mean_and_spread(x[:t].unsqueeze(0))
-        if _is_spike(x[t], mean, spread, sigmas):
-            spikes.append(t)
+    # the first windows grow to full size (x[:t]): rows of x[:t_max], masked past each t
+    growing = torch.arange(min_history, max(min_history, min(window, finite)))
+    if len(growing):
+        head = x[:int(growing[-1])]
+        mask = torch.arange(len(head)) < growing[:, None]
+        mean = (head * mask).sum(dim=1) / growing
+        spread = (((head - mean[:, None]) * mask).square().sum(dim=1) / growing).sqrt()
+        hit = _is_spike(x[growing], mean, spread, sigmas)
+        spikes += growing[hit].tolist()
     windows = x.unfold(0, window, 1) if finite > window else x.new_empty(0, window)
     for first in range(max(min_history, window), finite, _CHUNK):  # full windows, by chunks
         last = min(first + _CHUNK, finite)
