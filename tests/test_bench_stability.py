@@ -70,6 +70,15 @@ def test_the_score_at_round_off_level_after_a_large_spike_matches_the_definition
         3230, 3730, 4130})
 
 
+@pytest.mark.parametrize("steps, window, min_history", [
+    (5, 10, 2), (99, 100, 10), (101, 50, 50), (300, 100, 2), (700, 200, 100)])
+def test_spike_steps_match_the_definition_on_heavy_tailed_series(steps, window, min_history):
+    rng = random.Random(steps)
+    values = [rng.random() ** 8 * rng.choice([1, 1, 1, 50]) for _ in range(steps)]
+    assert spike_steps(values, window, min_history=min_history) == exact_spike_steps(
+        values, window, min_history=min_history)
+
+
 def test_the_score_ends_where_a_run_diverged_and_short_runs_score_what_they_have():
     values = noise(600)
     values[400] += 1.0
