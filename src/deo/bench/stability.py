@@ -56,7 +56,7 @@ def spike_steps(values: Sequence[float], window: int = OLMO_WINDOW,
     updated as values enter and leave, keep the round-off of a loss of ~100 long after it has
     left, which swamps the spread of a window at ~1e-9 (the slingshot's)."""
     _check_window(window, min_history)
-    finite = next((t for t, v in enumerate(values) if not math.isfinite(v)), len(values))
+    finite = finite_length(values)
     x = torch.tensor(values[:finite], dtype=torch.float64)
     spikes: list[int] = []
     # the first windows grow to full size (x[:t]): rows of x[:t_max], masked past each t
@@ -94,11 +94,19 @@ def _is_spike(value: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor,
 def olmo_spike_score(values: Sequence[float], window: int = OLMO_WINDOW,
                      sigmas: float = OLMO_SIGMAS, min_history: int = MIN_HISTORY) -> float:
     """The share of scored steps that are spikes (see the module doc); NaN if none is scored."""
-    finite = next((t for t, v in enumerate(values) if not math.isfinite(v)), len(values))
-    scored = finite - min_history
-    if scored <= 0:
-        return math.nan
-    return len(spike_steps(values, window, sigmas, min_history)) / scored
+    return spike_share(spike_steps(values, window, sigmas, min_history), values, min_history)
+
+
+def spike_share(spikes: Sequence[int], values: Sequence[float],
+                min_history: int = MIN_HISTORY) -> float:
+    """``olmo_spike_score`` from its ``spike_steps`` (for a caller that keeps both)."""
+    scored = finite_length(values) - min_history
+    return len(spikes) / scored if scored > 0 else math.nan
+
+
+def finite_length(values: Sequence[float]) -> int:
+    """How many values come before the first non-finite one: the part a spike rule scores."""
+    return next((t for t, v in enumerate(values) if not math.isfinite(v)), len(values))
 
 
 EVENT_GAP = 100  # steps without a 2x-rule spike that end an episode

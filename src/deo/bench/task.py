@@ -47,7 +47,6 @@ One run's record, one line of results.jsonl (RunRecord.to_json):
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .stability import finite_length
 
 RESULTS_FILE = "results.jsonl"  # in the bench's output folder: one RunRecord per line
 SPIKE_FACTOR = 2.0  # a spike: loss >= SPIKE_FACTOR x the mean of the previous SPIKE_WINDOW
@@ -211,7 +212,7 @@ def spike_indices(losses: list[float], factor: float = SPIKE_FACTOR,
     Each window's mean is summed afresh: a running sum keeps the round-off of a loss of ~100
     long after it left, more than a whole window of the slingshot's ~1e-9 losses.
     """
-    finite = next((i for i, v in enumerate(losses) if not math.isfinite(v)), len(losses))
+    finite = finite_length(losses)
     if finite <= window:
         return []
     x = torch.tensor(losses[:finite], dtype=torch.float64)
