@@ -9,9 +9,11 @@ final validation loss at iteration 20000 (design.md, section 4) and ours, for th
 the complex setting. Our cell is the final validation loss (mean ± sample standard deviation
 over the seeds that finished, their number when more than one), the lowest validation loss
 over the run, the gradient evaluations (probes included) and the hours per run; "missing"
-where the row has no record. Rows: the paper's eight at the shared lr (what the paper did),
-the two rows as the authors' code ran them, each tuned baseline at the lr its grid chose
-(deo/bench/tuning.py) and the project's recommended configurations. ``--out`` also writes
+where the row has no record. A tuned row also counts what its lr grid cost (every short run
+of the grid, task ``gpt-<setting>-tune``), so its cost stands beside the others' fairly.
+Rows: the paper's eight at the shared lr (what the paper did), the two rows as the authors'
+code ran them, each tuned baseline at the lr its grid chose (deo/bench/tuning.py) and the
+project's recommended configurations. ``--out`` also writes
 the table to FILE.
 """
 
@@ -74,9 +76,26 @@ def runs_of(records: Iterable[Mapping[str, Any]], setting: str, name: str) -> li
     return [dict(r) for r in records if r["task"] == task and r["optimizer"] == name]
 
 
-def cell(runs: list[dict]) -> str:
+def grid_of(records: Iterable[Mapping[str, Any]], setting: str, name: str) -> list[dict]:
+    """The lr grid's short runs behind tuned name '<base>@lr' (none for any other name)."""
+    if not name.endswith("@lr"):
+        return []
+    task = f"gpt-{setting}-tune"
+    return [dict(r) for r in records
+            if r["task"] == task and r["optimizer"].startswith(name + "=")]
+
+
+def grid_cost(grid: list[dict]) -> str:
+    """What a tuning grid cost in all: runs, gradient evaluations and hours."""
+    evaluations = sum(r.get("gradient_evaluations") or 0 for r in grid)
+    hours = sum(r.get("wall_time") or 0 for r in grid) / 3600
+    return f"lr grid: {len(grid)} runs, {evaluations} grad evals, {hours:.2f} h"
+
+
+def cell(runs: list[dict], grid: list[dict] = ()) -> str:
     """Our side of one cell: final loss (mean ± std over the finished seeds), the best
-    validation loss over the run, gradient evaluations and hours per run; "missing"."""
+    validation loss over the run, gradient evaluations and hours per run, and what the lr
+    grid behind a tuned row cost; "missing"."""
     if not runs:
         return "missing"
     finished = [r for r in runs if r.get("status") == "ok"
@@ -103,6 +122,8 @@ def cell(runs: list[dict]) -> str:
         details.append(f"{statistics.fmean(hours):.2f} h")
     if failed:
         details.append(f"{failed} of {len(runs)} diverged")
+    if grid:
+        details.append(grid_cost(grid))
     return text + (f" ({'; '.join(details)})" if details else "")
 
 
@@ -117,7 +138,9 @@ def table(records: list[Mapping[str, Any]]) -> list[str]:
     lines = ["| row | bench name | small, published | small, ours | complex, published "
              "| complex, ours |", "|---|---|---|---|---|---|"]
     for label, name, row in ROWS:
-        cells = [f"{published(row, s)} | {cell(runs_of(records, s, name))}" for s in SETTINGS]
+        cells = [f"{published(row, s)} | "
+                 f"{cell(runs_of(records, s, name), grid_of(records, s, name))}"
+                 for s in SETTINGS]
         lines.append(f"| {label} | `{name}` | {' | '.join(cells)} |")
     return lines
 

@@ -52,7 +52,9 @@ def test_a_tuned_row_takes_the_full_length_run_at_the_chosen_lr_not_the_grid(pap
                record("sgd@lr=0.01", 2.2, task="gpt-complex")]
     row = row_of(paper.table(records), "sgd@lr")
     assert row[3].startswith("**2.5000**") and "lr 0.003" in row[3]
-    assert row[5].startswith("**2.2000**") and "lr 0.01" in row[5]
+    # the grid's two short runs are the tuned row's cost too, and only the small one had a grid
+    assert "lr grid: 2 runs, 40000 grad evals, 1.00 h" in row[3]
+    assert row[5].startswith("**2.2000**") and "lr 0.01" in row[5] and "lr grid" not in row[5]
     assert row_of(paper.table(records), "sgd")[3].startswith("**2.8000**")
 
 
