@@ -2,7 +2,13 @@
 
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +171,53 @@ def test_parallel_workers_record_the_same_runs_as_one_process(tmp_path):
 def test_parallel_workers_need_picklable_task_factories(tmp_path):
     with pytest.raises(ValueError, match="workers > 1"):
         run_bench(runs([]), tmp_path, progress=False, workers=2)
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from deo.bench.runner import _start_worker
+
+def worker(bench_pid):
+    _start_worker(1, bench_pid)
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=worker, args=(os.getpid(),))
+    child.start()
+    time.sleep(120)
+"""
+
+
+def _alive(pid):
+    status = Path(f"/proc/{pid}/status")
+    if status.parent.parent.is_dir() and Path("/proc/self").exists():
+        return status.exists() and "\tZ" not in status.read_text()  # a zombie has exited
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_a_worker_exits_when_the_bench_that_started_it_is_killed(tmp_path):
+    script = tmp_path / "bench.py"
+    script.write_text(ORPHAN_SCRIPT)
+    bench = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(bench.stdout.readline())  # the watchdog runs from here on
+        assert _alive(worker)
+        bench.send_signal(signal.SIGKILL)  # no cleanup in the bench can stop the worker
+        bench.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "the orphaned worker kept running"
+    finally:
+        bench.kill()
+        if "worker" in locals() and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_records_carry_the_main_pass_gradient_norm_and_the_olmo_spike_scores():

@@ -16,6 +16,7 @@ import os
 import pickle
 import resource
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -248,14 +249,33 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
                              f"functools.partial of one, or workers=1") from err
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no forked CUDA state
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(threads, os.getpid())) as pool:
         futures = [pool.submit(_run_and_record, make_task, optimizer, seed, preset, device,
                                False, out_dir, checkpoint_every)
                    for make_task, optimizer, seed in todo]
         for future in as_completed(futures):
             keep(future.result())
     return records
+
+
+def _start_worker(threads: int, bench_pid: int) -> None:
+    """A worker's setup: ``threads`` torch threads, and a watchdog that ends the worker once
+    the bench process ``bench_pid`` is gone. A killed bench (SIGTERM, SIGKILL, a crash) would
+    otherwise leave each worker finishing its run for nothing, since only the bench writes
+    records, holding a core and rewriting the checkpoint a resumed bench reads."""
+    torch.set_num_threads(threads)
+    threading.Thread(target=_exit_when_orphaned, args=(bench_pid,), daemon=True,
+                     name="deo-bench-watchdog").start()
+
+
+def _exit_when_orphaned(bench_pid: int, every: float = 1.0) -> None:
+    """Exit this process as soon as its parent is no longer ``bench_pid`` (an orphan is
+    adopted by another process). os._exit: no cleanup that could wait on the dead bench; the
+    last checkpoint, written atomically, stays for --resume."""
+    while os.getppid() == bench_pid:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _run_and_record(make_task, optimizer: str, seed: int, preset: str, device: str,
