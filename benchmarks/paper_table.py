@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from deo.bench.optimizers import recommended
 from deo.bench.task import RESULTS_FILE, read_results
+from deo.bench.tuning import TUNE_SUFFIX
 
 SETTINGS = ("small", "complex")
 # Final validation loss at iteration 20000 as the authors published it (design.md, section 4)
@@ -65,14 +66,19 @@ ROWS: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
+def at_tuned_lrs(records: Iterable[Mapping[str, Any]], task: str, name: str) -> list[dict]:
+    """The records on ``task`` of tuned name '<base>@lr' at any lr: '<base>@lr=<value>'."""
+    return [dict(r) for r in records
+            if r["task"] == task and r["optimizer"].startswith(name + "=")]
+
+
 def runs_of(records: Iterable[Mapping[str, Any]], setting: str, name: str) -> list[dict]:
     """The full-length records of bench optimizer ``name`` on the paper's ``setting`` GPT; for
     a tuned name ('<base>@lr'), those of '<base>@lr=<value>' (the tuning grid's short runs,
     task 'gpt-<setting>-tune', are not full length and are left out)."""
     task = f"gpt-{setting}"
     if name.endswith("@lr"):
-        return [dict(r) for r in records
-                if r["task"] == task and r["optimizer"].startswith(name + "=")]
+        return at_tuned_lrs(records, task, name)
     return [dict(r) for r in records if r["task"] == task and r["optimizer"] == name]
 
 
@@ -80,19 +86,17 @@ def grid_of(records: Iterable[Mapping[str, Any]], setting: str, name: str) -> li
     """The lr grid's short runs behind tuned name '<base>@lr' (none for any other name)."""
     if not name.endswith("@lr"):
         return []
-    task = f"gpt-{setting}-tune"
-    return [dict(r) for r in records
-            if r["task"] == task and r["optimizer"].startswith(name + "=")]
+    return at_tuned_lrs(records, f"gpt-{setting}{TUNE_SUFFIX}", name)
 
 
-def grid_cost(grid: list[dict]) -> str:
+def grid_cost(grid: Sequence[dict]) -> str:
     """What a tuning grid cost in all: runs, gradient evaluations and hours."""
     evaluations = sum(r.get("gradient_evaluations") or 0 for r in grid)
     hours = sum(r.get("wall_time") or 0 for r in grid) / 3600
     return f"lr grid: {len(grid)} runs, {evaluations} grad evals, {hours:.2f} h"
 
 
-def cell(runs: list[dict], grid: list[dict] = ()) -> str:
+def cell(runs: list[dict], grid: Sequence[dict] = ()) -> str:
     """Our side of one cell: final loss (mean ± std over the finished seeds), the best
     validation loss over the run, gradient evaluations and hours per run, and what the lr
     grid behind a tuned row cost; "missing"."""
