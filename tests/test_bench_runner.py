@@ -147,6 +147,39 @@ def test_a_run_that_raises_is_recorded_and_the_bench_goes_on(tmp_path, capsys):
     assert finished_keys(tmp_path / RESULTS) == {"bowl|sgd|0"}  # --resume retries the error
 
 
+def denormals_survive() -> bool:
+    """Whether CPU arithmetic on this thread keeps a denormal float (1e-40 in float32)."""
+    return float(torch.tensor([1e-40]) * 1.0) != 0.0
+
+
+class DenormalWitness(Bowl):
+    """Bowl that notes, at each step, whether denormals survive arithmetic."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def loss_fn(self, step):
+        self.seen.append(denormals_survive())
+        return super().loss_fn(step)
+
+
+def test_flush_denormal_holds_for_the_run_alone_and_is_recorded():
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    plain_seen, flushed_seen = [], []
+    plain = run_one(DenormalWitness(plain_seen), "sgd", 0, progress=False)
+    flushed = run_one(DenormalWitness(flushed_seen), "sgd", 0, progress=False,
+                      flush_denormal=True)
+    assert len(plain_seen) == len(flushed_seen) == Bowl.steps
+    assert all(plain_seen) and not any(flushed_seen)
+    assert denormals_survive()  # the process's default again after the run
+    assert "flush_denormal_from_step" not in plain.config  # earlier records' config as before
+    assert flushed.config["flush_denormal_from_step"] == 0
+    assert flushed.train_loss == plain.train_loss  # no denormal here: the same numbers
+    with pytest.raises(ValueError, match="flush_denormal: expected True or False"):
+        run_one(Bowl(), "sgd", 0, progress=False, flush_denormal="yes")
+
+
 def test_sophia_on_the_gpt_switches_to_double_differentiable_attention():
     pytest.importorskip("pytorch_optimizer")
     from deo.bench.lm import CharLM

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "ones from their checkpoints (OUT/checkpoints/)")
     bench.add_argument("--checkpoint-every", type=_at_least(1), default=None, metavar="K",
                        help="steps between checkpoints of a run in progress (default 1000)")
+    bench.add_argument("--flush-denormal", action="store_true",
+                       help="treat denormal floats as zero on the CPU (torch.set_flush_denormal):"
+                            " a run whose activations decay into denormals, as a collapsed one,"
+                            " runs several times faster; its numerics may differ from a run "
+                            "without it, so each record's config says so (default off)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.add_argument("--workers", type=_at_least(1), default=1, metavar="W",
                        help="runs at a time, each in its own process (default 1)")
@@ -117,7 +122,7 @@ def _bench(args: argparse.Namespace) -> int:
         runs = preset.runs(args.seeds, first_seed=args.first_seed, only=only)
         every = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
         settings = {"preset": preset.name, "device": args.device, "progress": not args.no_progress,
-                    "workers": args.workers, **every}
+                    "workers": args.workers, "flush_denormal": args.flush_denormal, **every}
         resume = args.resume
         tuned = [name for name in preset.tuned if only is None or name in only]
         if tuned:  # the short grid first, then each tuned baseline at its best lr

@@ -45,14 +45,29 @@ CHECKPOINT_EVERY = 1000  # steps between checkpoints of a run in progress
 
 def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: str = "cpu",
             progress: bool = True, checkpoint: Path | None = None,
-            checkpoint_every: int = CHECKPOINT_EVERY) -> RunRecord:
+            checkpoint_every: int = CHECKPOINT_EVERY, flush_denormal: bool = False) -> RunRecord:
     """Train ``task`` with ``optimizer`` from ``seed``; never raises on divergence.
 
     ``checkpoint``: a file to write the run's progress to every ``checkpoint_every`` steps;
     if it exists, the run continues from it (the caller deletes it once the record is kept).
+    ``flush_denormal``: CPU arithmetic treats denormal floats as zero during the run
+    (``torch.set_flush_denormal``), recorded in the record's config from the step it began;
+    without it the run keeps denormals whatever the process had set, as its record says.
     """
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
         raise ValueError(f"checkpoint_every: expected an integer >= 1, got {checkpoint_every!r}")
+    _check_flush_denormal(flush_denormal)
+    torch.set_flush_denormal(flush_denormal)
+    try:
+        return _train(task, optimizer, seed, preset, device, progress, checkpoint,
+                      checkpoint_every, flush_denormal)
+    finally:
+        if flush_denormal:  # back to torch's default for whatever the process runs next
+            torch.set_flush_denormal(False)
+
+
+def _train(task: Task, optimizer: str, seed: int, preset: str, device: str, progress: bool,
+           checkpoint: Path | None, checkpoint_every: int, flush_denormal: bool) -> RunRecord:
     device = torch.device(device)
     task.setup(seed, device)
     spec = parse_optimizer(optimizer)
@@ -84,6 +99,7 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
         start, elapsed_before, peak_rss = resumed.step, resumed.elapsed, resumed.peak_rss
         peak_device = resumed.peak_device
         record, losses, norms = resumed.record, resumed.losses, resumed.norms
+    _note_flushing(record, flush_denormal, start)
     started = time.perf_counter()
     bar = _progress(task.steps, f"{task.name} {optimizer} s{seed}", progress, initial=start)
     for step in range(start, task.steps):
@@ -165,6 +181,27 @@ def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: 
     return record
 
 
+def _check_flush_denormal(flush_denormal: bool) -> None:
+    if not isinstance(flush_denormal, bool):
+        raise ValueError(f"flush_denormal: expected True or False, got {flush_denormal!r}")
+    # setting the default (off) reports whether the CPU has the mode at all
+    if flush_denormal and not torch.set_flush_denormal(False):
+        raise ValueError("flush_denormal: this CPU cannot flush denormals "
+                         "(torch.set_flush_denormal returned False); run without it")
+
+
+def _note_flushing(record: RunRecord, flush_denormal: bool, start: int) -> None:
+    """Mark in the record's config the steps that ran with denormals flushed: from
+    ``flush_denormal_from_step`` on, and up to ``flush_denormal_until_step`` when a resumed
+    run went on without flushing. A run that never flushed has neither key, as before."""
+    config = record.config
+    if flush_denormal and "flush_denormal_from_step" not in config:
+        config["flush_denormal_from_step"] = start
+    elif not flush_denormal and "flush_denormal_from_step" in config \
+            and "flush_denormal_until_step" not in config:
+        config["flush_denormal_until_step"] = start
+
+
 def _grad_norm(params: list[torch.Tensor]) -> float:
     grads = [p.grad.detach() for p in params if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) \
@@ -188,7 +225,8 @@ def _evaluate(task: Task, opt, step: int, record: RunRecord) -> None:
 def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str | Path, *,
               preset: str = "", device: str = "cpu", resume: bool = False,
               progress: bool = True, workers: int = 1,
-              checkpoint_every: int = CHECKPOINT_EVERY) -> list[dict]:
+              checkpoint_every: int = CHECKPOINT_EVERY,
+              flush_denormal: bool = False) -> list[dict]:
     """Run each (task factory, optimizer, seed) not yet in out_dir/results.jsonl.
 
     ``workers`` > 1 runs that many at a time in separate processes (each with its share of
@@ -197,17 +235,19 @@ def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str 
     Each run in progress keeps a checkpoint in out_dir/checkpoints/ (every
     ``checkpoint_every`` steps), deleted once its record is written; ``resume=True`` skips
     the finished runs and continues the unfinished ones from their checkpoints.
+    ``flush_denormal``: each run treats denormal floats as zero on the CPU (see run_one).
     """
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
         raise ValueError(f"checkpoint_every: expected an integer >= 1, got {checkpoint_every!r}")
+    _check_flush_denormal(flush_denormal)
     out_dir = ensure_writable_folder(out_dir, "--out")
     with folder_lock(out_dir):  # a second bench on the same folder stops here
         return _run_locked(list(runs), out_dir, preset, device, resume, progress, workers,
-                           checkpoint_every)
+                           checkpoint_every, flush_denormal)
 
 
 def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, progress: bool,
-                workers: int, checkpoint_every: int) -> list[dict]:
+                workers: int, checkpoint_every: int, flush_denormal: bool) -> list[dict]:
     path = out_dir / RESULTS_FILE
     done = finished_keys(path)
     unfinished = run_checkpoint.unfinished(out_dir)
@@ -238,7 +278,7 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
     if workers <= 1:
         for make_task, optimizer, seed in todo:
             keep(_run_and_record(make_task, optimizer, seed, preset, device, progress,
-                                 out_dir, checkpoint_every))
+                                 out_dir, checkpoint_every, flush_denormal))
         return records
     for make_task, _, _ in todo:
         try:
@@ -252,7 +292,7 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                              initargs=(threads, os.getpid())) as pool:
         futures = [pool.submit(_run_and_record, make_task, optimizer, seed, preset, device,
-                               False, out_dir, checkpoint_every)
+                               False, out_dir, checkpoint_every, flush_denormal)
                    for make_task, optimizer, seed in todo]
         for future in as_completed(futures):
             keep(future.result())
@@ -279,13 +319,15 @@ def _exit_when_orphaned(bench_pid: int, every: float = 1.0) -> None:
 
 
 def _run_and_record(make_task, optimizer: str, seed: int, preset: str, device: str,
-                    progress: bool, out_dir: Path, checkpoint_every: int) -> dict:
+                    progress: bool, out_dir: Path, checkpoint_every: int,
+                    flush_denormal: bool) -> dict:
     """One run's record as JSON; a run that raises is recorded as an error, not raised."""
     task = make_task()
     checkpoint = run_checkpoint.checkpoint_path(out_dir, run_key(task.name, optimizer, seed))
     try:
         return run_one(task, optimizer, seed, preset=preset, device=device, progress=progress,
-                       checkpoint=checkpoint, checkpoint_every=checkpoint_every).to_json()
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                       flush_denormal=flush_denormal).to_json()
     except Exception as err:  # one broken run must not stop the bench: record it
         failed = RunRecord(task.name, optimizer, seed, preset, {"task": task.config()},
                            status=f"error: {type(err).__name__}: {err}"[:500])
