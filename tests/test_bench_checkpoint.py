@@ -98,19 +98,6 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, make_task, optimizer):
     assert kept["key"] == b["key"]
 
 
-@pytest.mark.parametrize("first, then", [(True, False), (False, True)])
-def test_a_resumed_run_records_the_steps_that_ran_with_denormals_flushed(tmp_path, first, then):
-    with pytest.raises(Interrupt):  # the checkpoint holds step 10
-        run_bench([(interrupted(TINY_GPT, 12), "adamw", 0)], tmp_path, progress=False,
-                  checkpoint_every=5, flush_denormal=first)
-    (record,) = run_bench([(TINY_GPT, "adamw", 0)], tmp_path, progress=False, resume=True,
-                          checkpoint_every=5, flush_denormal=then)
-    config = record["config"]
-    flushed = {k: v for k, v in config.items() if k.startswith("flush_denormal")}
-    assert flushed == ({"flush_denormal_from_step": 0, "flush_denormal_until_step": 10} if first
-                       else {"flush_denormal_from_step": 10})
-
-
 def test_an_uninterrupted_run_leaves_no_checkpoint_and_a_restart_needs_resume(tmp_path):
     run_bench([(TINY_GPT, "adamw", 0)], tmp_path, progress=False, checkpoint_every=5)
     assert run_checkpoint.unfinished(tmp_path) == []

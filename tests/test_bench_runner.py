@@ -147,37 +147,33 @@ def test_a_run_that_raises_is_recorded_and_the_bench_goes_on(tmp_path, capsys):
     assert finished_keys(tmp_path / RESULTS) == {"bowl|sgd|0"}  # --resume retries the error
 
 
-def denormals_survive() -> bool:
-    """Whether CPU arithmetic on this thread keeps a denormal float (1e-40 in float32)."""
-    return float(torch.tensor([1e-40]) * 1.0) != 0.0
+def denormal_times_one() -> float:
+    """1e-40 (a float32 denormal) times 1 on this thread: 0.0 where denormals are flushed."""
+    return float(torch.tensor([1e-40]) * 1.0)
 
 
 class DenormalWitness(Bowl):
-    """Bowl that notes, at each step, whether denormals survive arithmetic."""
+    """Bowl whose evaluations also say whether the process kept a denormal."""
 
-    def __init__(self, seen):
-        self.seen = seen
-
-    def loss_fn(self, step):
-        self.seen.append(denormals_survive())
-        return super().loss_fn(step)
+    def evaluate(self):
+        return {**super().evaluate(), "denormal": denormal_times_one()}
 
 
-def test_flush_denormal_holds_for_the_run_alone_and_is_recorded():
+def test_flush_denormal_runs_in_a_worker_that_flushes_and_says_so(tmp_path):
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush denormals")
-    plain_seen, flushed_seen = [], []
-    plain = run_one(DenormalWitness(plain_seen), "sgd", 0, progress=False)
-    flushed = run_one(DenormalWitness(flushed_seen), "sgd", 0, progress=False,
-                      flush_denormal=True)
-    assert len(plain_seen) == len(flushed_seen) == Bowl.steps
-    assert all(plain_seen) and not any(flushed_seen)
-    assert denormals_survive()  # the process's default again after the run
-    assert "flush_denormal_from_step" not in plain.config  # earlier records' config as before
-    assert flushed.config["flush_denormal_from_step"] == 0
-    assert flushed.train_loss == plain.train_loss  # no denormal here: the same numbers
+    (plain,) = run_bench([(DenormalWitness, "sgd", 0)], tmp_path / "plain", progress=False)
+    (flushed,) = run_bench([(DenormalWitness, "sgd", 0)], tmp_path / "flushed", progress=False,
+                           flush_denormal=True)
+    assert all(e["denormal"] != 0.0 for e in plain["evals"])
+    assert all(e["denormal"] == 0.0 for e in flushed["evals"]) and flushed["evals"]
+    assert "flush_denormal_from_step" not in plain["config"]  # earlier records' config as before
+    assert flushed["config"]["flush_denormal_from_step"] == 0
+    assert flushed["train_loss"] == plain["train_loss"]  # no denormal here: the same numbers
+    assert denormal_times_one() != 0.0  # the bench's own process never flushed
     with pytest.raises(ValueError, match="flush_denormal: expected True or False"):
-        run_one(Bowl(), "sgd", 0, progress=False, flush_denormal="yes")
+        run_bench([(Bowl, "sgd", 0)], tmp_path / "bad", progress=False, flush_denormal="yes")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_sophia_on_the_gpt_switches_to_double_differentiable_attention():
@@ -211,7 +207,7 @@ import multiprocessing, os, sys, time
 from deo.bench.runner import _start_worker
 
 def worker(bench_pid):
-    _start_worker(1, bench_pid)
+    _start_worker(1, bench_pid, False)
     print(os.getpid(), flush=True)
     time.sleep(120)
 

@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint-every", type=_at_least(1), default=None, metavar="K",
                        help="steps between checkpoints of a run in progress (default 1000)")
     bench.add_argument("--flush-denormal", action="store_true",
-                       help="treat denormal floats as zero on the CPU (torch.set_flush_denormal):"
-                            " a run whose activations decay into denormals, as a collapsed one,"
+                       help="treat denormal floats as zero on the CPU (torch.set_flush_denormal,"
+                            " in worker processes that set it before torch starts a thread): a"
+                            " run whose activations decay into denormals, as a collapsed one,"
                             " runs several times faster; its numerics may differ from a run "
                             "without it, so each record's config says so (default off)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -27,6 +27,7 @@ import torch
 
 from ..optimizer import DEO
 from . import run_checkpoint
+from .denormals import check_flush_denormal, denormals_flushed, note_flushing
 from .files import ensure_writable_folder, folder_lock
 from .optimizers import build_optimizer, parse_optimizer
 from .oracle import OracleDEO
@@ -45,29 +46,16 @@ CHECKPOINT_EVERY = 1000  # steps between checkpoints of a run in progress
 
 def run_one(task: Task, optimizer: str, seed: int, *, preset: str = "", device: str = "cpu",
             progress: bool = True, checkpoint: Path | None = None,
-            checkpoint_every: int = CHECKPOINT_EVERY, flush_denormal: bool = False) -> RunRecord:
+            checkpoint_every: int = CHECKPOINT_EVERY) -> RunRecord:
     """Train ``task`` with ``optimizer`` from ``seed``; never raises on divergence.
 
     ``checkpoint``: a file to write the run's progress to every ``checkpoint_every`` steps;
     if it exists, the run continues from it (the caller deletes it once the record is kept).
-    ``flush_denormal``: CPU arithmetic treats denormal floats as zero during the run
-    (``torch.set_flush_denormal``), recorded in the record's config from the step it began;
-    without it the run keeps denormals whatever the process had set, as its record says.
+    Whether the process flushes denormal floats is checked and recorded (denormals.py).
     """
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
         raise ValueError(f"checkpoint_every: expected an integer >= 1, got {checkpoint_every!r}")
-    _check_flush_denormal(flush_denormal)
-    torch.set_flush_denormal(flush_denormal)
-    try:
-        return _train(task, optimizer, seed, preset, device, progress, checkpoint,
-                      checkpoint_every, flush_denormal)
-    finally:
-        if flush_denormal:  # back to torch's default for whatever the process runs next
-            torch.set_flush_denormal(False)
-
-
-def _train(task: Task, optimizer: str, seed: int, preset: str, device: str, progress: bool,
-           checkpoint: Path | None, checkpoint_every: int, flush_denormal: bool) -> RunRecord:
+    flushed = denormals_flushed()
     device = torch.device(device)
     task.setup(seed, device)
     spec = parse_optimizer(optimizer)
@@ -99,7 +87,7 @@ def _train(task: Task, optimizer: str, seed: int, preset: str, device: str, prog
         start, elapsed_before, peak_rss = resumed.step, resumed.elapsed, resumed.peak_rss
         peak_device = resumed.peak_device
         record, losses, norms = resumed.record, resumed.losses, resumed.norms
-    _note_flushing(record, flush_denormal, start)
+    note_flushing(record.config, flushed, start)
     started = time.perf_counter()
     bar = _progress(task.steps, f"{task.name} {optimizer} s{seed}", progress, initial=start)
     for step in range(start, task.steps):
@@ -181,27 +169,6 @@ def _train(task: Task, optimizer: str, seed: int, preset: str, device: str, prog
     return record
 
 
-def _check_flush_denormal(flush_denormal: bool) -> None:
-    if not isinstance(flush_denormal, bool):
-        raise ValueError(f"flush_denormal: expected True or False, got {flush_denormal!r}")
-    # setting the default (off) reports whether the CPU has the mode at all
-    if flush_denormal and not torch.set_flush_denormal(False):
-        raise ValueError("flush_denormal: this CPU cannot flush denormals "
-                         "(torch.set_flush_denormal returned False); run without it")
-
-
-def _note_flushing(record: RunRecord, flush_denormal: bool, start: int) -> None:
-    """Mark in the record's config the steps that ran with denormals flushed: from
-    ``flush_denormal_from_step`` on, and up to ``flush_denormal_until_step`` when a resumed
-    run went on without flushing. A run that never flushed has neither key, as before."""
-    config = record.config
-    if flush_denormal and "flush_denormal_from_step" not in config:
-        config["flush_denormal_from_step"] = start
-    elif not flush_denormal and "flush_denormal_from_step" in config \
-            and "flush_denormal_until_step" not in config:
-        config["flush_denormal_until_step"] = start
-
-
 def _grad_norm(params: list[torch.Tensor]) -> float:
     grads = [p.grad.detach() for p in params if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) \
@@ -235,11 +202,12 @@ def run_bench(runs: Iterable[tuple[Callable[[], Task], str, int]], out_dir: str 
     Each run in progress keeps a checkpoint in out_dir/checkpoints/ (every
     ``checkpoint_every`` steps), deleted once its record is written; ``resume=True`` skips
     the finished runs and continues the unfinished ones from their checkpoints.
-    ``flush_denormal``: each run treats denormal floats as zero on the CPU (see run_one).
+    ``flush_denormal``: runs go to worker processes (one if ``workers`` is 1) that treat
+    denormal floats as zero on the CPU from their start (denormals.py).
     """
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
         raise ValueError(f"checkpoint_every: expected an integer >= 1, got {checkpoint_every!r}")
-    _check_flush_denormal(flush_denormal)
+    check_flush_denormal(flush_denormal)
     out_dir = ensure_writable_folder(out_dir, "--out")
     with folder_lock(out_dir):  # a second bench on the same folder stops here
         return _run_locked(list(runs), out_dir, preset, device, resume, progress, workers,
@@ -275,35 +243,39 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
         if not str(record.get("status", "ok")).startswith("error"):  # an error run retries
             run_checkpoint.remove(run_checkpoint.checkpoint_path(out_dir, record["key"]))
 
-    if workers <= 1:
+    if workers <= 1 and not flush_denormal:  # flushing is set in a fresh worker, below
         for make_task, optimizer, seed in todo:
             keep(_run_and_record(make_task, optimizer, seed, preset, device, progress,
-                                 out_dir, checkpoint_every, flush_denormal))
+                                 out_dir, checkpoint_every))
         return records
+    workers = max(1, workers)
     for make_task, _, _ in todo:
         try:
             pickle.dumps(make_task)
         except (pickle.PicklingError, AttributeError, TypeError) as err:
-            raise ValueError(f"workers > 1 sends each task factory to another process, but "
+            raise ValueError(f"workers > 1 and flush_denormal send each task factory to "
+                             f"another process, but "
                              f"{make_task!r} cannot be pickled ({err}); use a class or a "
                              f"functools.partial of one, or workers=1") from err
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no forked CUDA state
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(threads, os.getpid())) as pool:
+                             initargs=(threads, os.getpid(), flush_denormal)) as pool:
         futures = [pool.submit(_run_and_record, make_task, optimizer, seed, preset, device,
-                               False, out_dir, checkpoint_every, flush_denormal)
+                               False, out_dir, checkpoint_every)
                    for make_task, optimizer, seed in todo]
         for future in as_completed(futures):
             keep(future.result())
     return records
 
 
-def _start_worker(threads: int, bench_pid: int) -> None:
-    """A worker's setup: ``threads`` torch threads, and a watchdog that ends the worker once
-    the bench process ``bench_pid`` is gone. A killed bench (SIGTERM, SIGKILL, a crash) would
+def _start_worker(threads: int, bench_pid: int, flush_denormal: bool) -> None:
+    """A worker's setup: denormals flushed or not before torch starts a thread (so that
+    every thread inherits it), ``threads`` torch threads, and a watchdog that ends the worker
+    once the bench process ``bench_pid`` is gone. A killed bench (SIGTERM, SIGKILL, a crash) would
     otherwise leave each worker finishing its run for nothing, since only the bench writes
     records, holding a core and rewriting the checkpoint a resumed bench reads."""
+    torch.set_flush_denormal(flush_denormal)
     torch.set_num_threads(threads)
     threading.Thread(target=_exit_when_orphaned, args=(bench_pid,), daemon=True,
                      name="deo-bench-watchdog").start()
@@ -319,15 +291,13 @@ def _exit_when_orphaned(bench_pid: int, every: float = 1.0) -> None:
 
 
 def _run_and_record(make_task, optimizer: str, seed: int, preset: str, device: str,
-                    progress: bool, out_dir: Path, checkpoint_every: int,
-                    flush_denormal: bool) -> dict:
+                    progress: bool, out_dir: Path, checkpoint_every: int) -> dict:
     """One run's record as JSON; a run that raises is recorded as an error, not raised."""
     task = make_task()
     checkpoint = run_checkpoint.checkpoint_path(out_dir, run_key(task.name, optimizer, seed))
     try:
         return run_one(task, optimizer, seed, preset=preset, device=device, progress=progress,
-                       checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                       flush_denormal=flush_denormal).to_json()
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every).to_json()
     except Exception as err:  # one broken run must not stop the bench: record it
         failed = RunRecord(task.name, optimizer, seed, preset, {"task": task.config()},
                            status=f"error: {type(err).__name__}: {err}"[:500])
