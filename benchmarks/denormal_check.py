@@ -9,7 +9,8 @@ of the same run without it, taken from a folder that ran without it:
 * same losses: whether the training-loss series is the same to the last bit, else the first
   step where the two differ;
 * final validation loss, without and with;
-* wall time, without and with (comparable only under the same load: same workers, threads).
+* wall time, without and with (comparable only under the same load: same workers, threads;
+  the table's machine line gives the threads of each flushed run).
 
     python benchmarks/denormal_check.py --reference benchmarks/results/stability-gpt-lr-cpu \\
         --run 'gpt-stability-lr=0.001|adamw|0' --run 'gpt-stability-lr=0.001|adopt|0' \\
@@ -22,6 +23,8 @@ resumes there); the comparison beside it, in denormal_check_cpu.{json,md} (--out
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -33,21 +36,39 @@ from deo.bench.task import RESULTS_FILE, read_results, run_key
 
 
 def first_difference(a: list, b: list) -> int | None:
-    """The first recorded step where two [step, loss] series differ (None: identical)."""
+    """The first recorded step where two [step, loss] series differ (None: identical, NaN
+    equal to NaN, as two runs that diverged alike)."""
     for (step, x), (_, y) in zip(a, b):
-        if x != y:
+        if x != y and not (math.isnan(x) and math.isnan(y)):
             return step
     if len(a) != len(b):
-        return min(len(a), len(b))
+        return max(a, b, key=len)[min(len(a), len(b))][0]
     return None
 
 
 def records_by_key(folder: Path) -> dict[str, dict]:
+    """The finished runs of a bench folder (runs that raised are not results)."""
     path = folder / RESULTS_FILE
     if not path.is_file():
         raise SystemExit(f"denormal_check: no {RESULTS_FILE} in {str(folder)!r}")
     records, _, _ = read_results(path)
-    return {r["key"]: r for r in records}
+    return {r["key"]: r for r in records if not str(r.get("status", "ok")).startswith("error")}
+
+
+def same_run(before: dict, after: dict) -> bool:
+    """Whether ``after`` is ``before`` rerun with denormals flushed throughout: the same task
+    and optimizer settings (a folder reused with another --data is not)."""
+    return (after["config"].get("task") == before["config"].get("task")
+            and after["config"].get("optimizer") == before["config"].get("optimizer")
+            and after["config"].get("flush_denormal_from_step") == 0
+            and "flush_denormal_until_step" not in after["config"])
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
 
 
 def main() -> None:
@@ -58,19 +79,20 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, metavar="TASK|OPTIMIZER|SEED",
                         help="a run key of the reference folder (repeatable)")
     parser.add_argument("--data", default=None, help="the preset's text file, as in the reference")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=at_least_one, default=1,
+                        help="runs at a time, as deo bench --workers (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS / "denormal_check_cpu")
     args = parser.parse_args()
     reference = records_by_key(args.reference)
     factories = {factory().name: factory for factory in build_preset(args.preset, args.data).tasks}
     runs = []
-    for key in args.run:
+    for key in dict.fromkeys(args.run):  # a key given twice runs once
         parts = key.split("|")
-        if len(parts) != 3 or parts[0] not in factories or not parts[2].isdigit():
+        if len(parts) != 3 or parts[0] not in factories or not parts[2].isdecimal():
             parser.error(f"--run: expected TASK|OPTIMIZER|SEED with TASK one of "
                          f"{sorted(factories)}, got {key!r}")
         if key not in reference:
-            parser.error(f"--run: {key!r} is not a run of {str(args.reference)!r}")
+            parser.error(f"--run: {key!r} is not a finished run of {str(args.reference)!r}")
         if "flush_denormal_from_step" in reference[key]["config"]:
             parser.error(f"--run: {key!r} flushed denormals in the reference already")
         runs.append((factories[parts[0]], parts[1], int(parts[2])))
@@ -81,18 +103,26 @@ def main() -> None:
                        "|---|---|---|---|---|---|"]
     for make_task, optimizer, seed in runs:
         key = run_key(make_task().name, optimizer, seed)
-        before, after = reference[key], flushed[key]
+        before, after = reference[key], flushed.get(key)
+        if after is None or not same_run(before, after):
+            raise SystemExit(f"denormal_check: {str(args.out)!r} holds no finished run {key!r} "
+                             f"with the reference's settings and denormals flushed throughout "
+                             f"(an error run, another --data, or an older record); see "
+                             f"{RESULTS_FILE} there, or choose another --out")
         differs = first_difference(before["train_loss"], after["train_loss"])
         row = {"run": key, "first_difference": differs,
                "final_loss": [before["final"].get("loss"), after["final"].get("loss")],
                "wall_time": [before["wall_time"], after["wall_time"]]}
         rows.append(row)
         same = "yes, bit for bit" if differs is None else f"no, from step {differs}"
-        losses = " | ".join("diverged" if x is None else f"{x:.4f}" for x in row["final_loss"])
+        losses = " | ".join("no final loss" if x is None else f"{x:.4f}"
+                            for x in row["final_loss"])
         table.append(f"| {key} | {same} | {losses}"
                      f" | {before['wall_time'] / 60:.1f} | {after['wall_time'] / 60:.1f} |")
-    write_result(args.out,
-                 {"machine": machine(torch.device("cpu")), "runs": rows}, table)
+    threads = torch.get_num_threads() if args.workers == 1 else \
+        max(1, (os.cpu_count() or 1) // args.workers)
+    write_result(args.out, {"machine": {**machine(torch.device("cpu")), "threads": threads},
+                            "runs": rows}, table)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,11 @@ def test_a_record_names_the_steps_that_flushed(stretches, expected):
     for flushed, start in stretches:  # a run and its resumes, each from its checkpoint
         note_flushing(config, flushed, start)
     assert {k: v for k, v in config.items() if k != "task"} == expected
+
+
+def test_a_run_cannot_flush_again_after_it_stopped():
+    config = {}
+    note_flushing(config, True, 0)
+    note_flushing(config, False, 1000)
+    with pytest.raises(ValueError, match="flushed denormals from step 0 to 1000"):
+        note_flushing(config, True, 2000)

@@ -248,21 +248,23 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
             keep(_run_and_record(make_task, optimizer, seed, preset, device, progress,
                                  out_dir, checkpoint_every))
         return records
-    workers = max(1, workers)
+    why = "workers > 1" if workers > 1 else "flush_denormal"
     for make_task, _, _ in todo:
         try:
             pickle.dumps(make_task)
         except (pickle.PicklingError, AttributeError, TypeError) as err:
-            raise ValueError(f"workers > 1 and flush_denormal send each task factory to "
-                             f"another process, but "
+            raise ValueError(f"{why} sends each task factory to another process, but "
                              f"{make_task!r} cannot be pickled ({err}); use a class or a "
-                             f"functools.partial of one, or workers=1") from err
-    threads = max(1, (os.cpu_count() or 1) // workers)
+                             f"functools.partial of one"
+                             f"{', or workers=1' if workers > 1 else ''}") from err
+    # one worker runs as this process would, with its threads and its progress bars
+    threads = torch.get_num_threads() if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
+    bars = progress and workers <= 1
     context = multiprocessing.get_context("spawn")  # no forked CUDA state
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=_start_worker,
                              initargs=(threads, os.getpid(), flush_denormal)) as pool:
         futures = [pool.submit(_run_and_record, make_task, optimizer, seed, preset, device,
-                               False, out_dir, checkpoint_every)
+                               bars, out_dir, checkpoint_every)
                    for make_task, optimizer, seed in todo]
         for future in as_completed(futures):
             keep(future.result())
