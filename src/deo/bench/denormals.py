@@ -43,7 +43,7 @@ def denormals_flushed() -> bool:
         raise RuntimeError(
             f"denormal floats are flushed on some of torch's {threads} threads and not on "
             f"others: torch.set_flush_denormal acts on the calling thread and the threads "
-            f"started after it. Call it before torch starts its threads (deo bench "
+            f"it starts afterwards. Call it before torch starts its threads (deo bench "
             f"--flush-denormal does), or not at all")
     return bool(flushed.all())
 
