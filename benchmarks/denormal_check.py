@@ -1,6 +1,6 @@
 """Does flushing denormal floats change a bench run, and how much time does it save?
 
-`deo bench --flush-denormal` makes CPU arithmetic treat denormal floats (below 1.2e-38 in
+`deo bench --flush-denormal` makes CPU arithmetic treat denormal floats (below 1.18e-38 in
 float32) as zero. Some CPU runs slow down several times midway because their activations
 decay into denormals (docs/stability.md); flushing removes that cost but may change the
 numbers. This reruns chosen runs of a preset with flushing and sets each beside the record
@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import torch
 from common import RESULTS, machine, write_result
 
 from deo.bench.presets import PRESETS, build_preset
-from deo.bench.runner import run_bench
+from deo.bench.runner import is_finished, run_bench, threads_per_worker
 from deo.bench.task import RESULTS_FILE, read_results, run_key
+from deo.cli import _at_least  # the CLI's own check of --workers
 
 
 def first_difference(a: list, b: list) -> int | None:
@@ -52,7 +52,7 @@ def records_by_key(folder: Path) -> dict[str, dict]:
     if not path.is_file():
         raise SystemExit(f"denormal_check: no {RESULTS_FILE} in {str(folder)!r}")
     records, _, _ = read_results(path)
-    return {r["key"]: r for r in records if not str(r.get("status", "ok")).startswith("error")}
+    return {r["key"]: r for r in records if is_finished(r)}
 
 
 def same_run(before: dict, after: dict) -> bool:
@@ -64,13 +64,6 @@ def same_run(before: dict, after: dict) -> bool:
             and "flush_denormal_until_step" not in after["config"])
 
 
-def at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="stability-gpt-lr", choices=PRESETS)
@@ -79,7 +72,7 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, metavar="TASK|OPTIMIZER|SEED",
                         help="a run key of the reference folder (repeatable)")
     parser.add_argument("--data", default=None, help="the preset's text file, as in the reference")
-    parser.add_argument("--workers", type=at_least_one, default=1,
+    parser.add_argument("--workers", type=_at_least(1), default=1,
                         help="runs at a time, as deo bench --workers (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS / "denormal_check_cpu")
     args = parser.parse_args()
@@ -119,9 +112,8 @@ def main() -> None:
                             for x in row["final_loss"])
         table.append(f"| {key} | {same} | {losses}"
                      f" | {before['wall_time'] / 60:.1f} | {after['wall_time'] / 60:.1f} |")
-    threads = torch.get_num_threads() if args.workers == 1 else \
-        max(1, (os.cpu_count() or 1) // args.workers)
-    write_result(args.out, {"machine": {**machine(torch.device("cpu")), "threads": threads},
+    write_result(args.out, {"machine": {**machine(torch.device("cpu")),
+                                        "threads": threads_per_worker(args.workers)},
                             "runs": rows}, table)
 
 

@@ -240,7 +240,7 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
     def keep(record: dict) -> None:  # the record first: a crash in between loses nothing
         records.append(record)
         append_record(path, record)
-        if not str(record.get("status", "ok")).startswith("error"):  # an error run retries
+        if is_finished(record):  # an error run retries
             run_checkpoint.remove(run_checkpoint.checkpoint_path(out_dir, record["key"]))
 
     if workers <= 1 and not flush_denormal:  # flushing is set in a fresh worker, below
@@ -257,9 +257,8 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
                              f"{make_task!r} cannot be pickled ({err}); use a class or a "
                              f"functools.partial of one"
                              f"{', or workers=1' if workers > 1 else ''}") from err
-    # one worker runs as this process would, with its threads and its progress bars
-    threads = torch.get_num_threads() if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
-    bars = progress and workers <= 1
+    threads = threads_per_worker(workers)
+    bars = progress and workers <= 1  # one worker shows its bars, as this process would
     context = multiprocessing.get_context("spawn")  # no forked CUDA state
     with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=_start_worker,
                              initargs=(threads, os.getpid(), flush_denormal)) as pool:
@@ -269,6 +268,12 @@ def _run_locked(runs, out_dir: Path, preset: str, device: str, resume: bool, pro
         for future in as_completed(futures):
             keep(future.result())
     return records
+
+
+def threads_per_worker(workers: int) -> int:
+    """torch threads per bench worker: the CPUs shared out, or this process's count for one
+    worker, which then runs as this process would."""
+    return torch.get_num_threads() if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
 
 
 def _start_worker(threads: int, bench_pid: int, flush_denormal: bool) -> None:
@@ -313,7 +318,12 @@ def finished_keys(path: Path) -> set[str]:
     if not path.exists():
         return set()
     records, _, _ = read_results(path)
-    return {r["key"] for r in records if not str(r.get("status", "ok")).startswith("error")}
+    return {r["key"] for r in records if is_finished(r)}
+
+
+def is_finished(record: dict) -> bool:
+    """Whether a record is a finished run (diverged included), not a run that raised."""
+    return not str(record.get("status", "ok")).startswith("error")
 
 
 def append_record(path: Path, record: dict) -> None:
