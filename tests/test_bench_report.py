@@ -335,6 +335,19 @@ def test_one_legend_below_the_axes_names_every_optimizer():
         assert all(below <= axes.get_tightbbox().y0 + 1 for axes in figure.axes)
 
 
+def test_curvature_axis_turns_symlog_only_when_one_probe_dwarfs_the_rest():
+    """A probe at 1e13 among curvatures of ~1 flattened every curve onto zero."""
+    def figure_for(curvatures):
+        run = {"deo": [{"step": 10 * i, "curvature": c} for i, c in enumerate(curvatures)]}
+        return plots.plot_curvature({"deo-adamw": [run]}, {"deo-adamw": "C0"})
+
+    (calm,) = figure_for([1.0, -2.0, 3.0, -1.5]).axes
+    assert calm.get_yscale() == "linear"
+    (blown,) = figure_for([1.0, -2.0, 3.0, -1.5, -6e12]).axes
+    assert blown.get_yscale() == "symlog"
+    assert blown.yaxis.get_transform().linthresh == 2.0  # the median |curvature|
+
+
 def test_spike_panels_mark_each_event_at_its_peak_and_hide_spare_axes():
     series = [[step, 1e-8] for step in range(0, 1000, 10)]
     series[50][1], series[51][1] = 0.5, 2.0  # a spike at 500-510, peaking at 510

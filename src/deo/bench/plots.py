@@ -18,6 +18,7 @@ from .stability import EVENT_GAP
 from .task import SPIKE_FACTOR, SPIKE_WINDOW, spike_indices
 
 PLOT_LIMIT = 1e30  # larger values (diverged runs) are not drawn
+SYMLOG_SPAN = 1e3  # a curvature axis spanning more than this many medians goes symlog
 LEGEND_ROW_INCHES = 0.2  # one line of a fontsize-8 legend, with its spacing
 
 Run = dict[str, Any]
@@ -74,12 +75,23 @@ def plot_loss_curves(runs_by_optimizer: Mapping[str, Sequence[Run]],
 
 def plot_curvature(runs_by_optimizer: Mapping[str, Sequence[Run]],
                    colors: Mapping[str, str]) -> Any:
-    """Curvature along DEO's direction N against step, one band per DEO variant."""
+    """Curvature along DEO's direction N against step, one band per DEO variant.
+
+    The axis turns symmetric-logarithmic, linear within the median |curvature|, once the
+    largest value is over SYMLOG_SPAN times that median: one probe of a run that blew up
+    (1e13 on the GPT at lr 0.3) would otherwise flatten every other curve onto zero.
+    """
     figure, (axes,) = _new_figure(1, legend_entries=len(runs_by_optimizer))
     axes.axhline(0.0, color="0.5", linewidth=0.8)
+    magnitudes = []
     for name, runs in runs_by_optimizer.items():
         series = [[(e["step"], e["curvature"]) for e in run["deo"]] for run in runs]
         _draw_band(axes, series, name, colors[name])
+        magnitudes += [abs(c) for one_run in series for _, c in one_run if _plottable(c) and c]
+    if magnitudes:
+        typical = statistics.median(magnitudes)
+        if max(magnitudes) > SYMLOG_SPAN * typical:
+            axes.set_yscale("symlog", linthresh=typical)
     _finish(axes, "curvature along N (< 0: negative curvature)", "N . HN")
     _legend_below(figure, [axes])
     return figure
